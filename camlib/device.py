@@ -1,0 +1,29 @@
+"""Pick the compute device: CUDA, else Apple MPS, else CPU."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["get_device"]
+
+
+def get_device() -> torch.device:
+    """Return the best available device.
+
+    Order: the ``CAMLIB_DEVICE`` environment variable if set (e.g. ``"cpu"``,
+    ``"cuda:1"``), else CUDA, else MPS, else CPU.
+
+    >>> get_device().type in {"cpu", "cuda", "mps"}
+    True
+    """
+    forced = os.environ.get("CAMLIB_DEVICE")
+    if forced:
+        return torch.device(forced)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,216 @@
+"""Forward hooks as context managers: capture a layer's output, safely.
+
+Every context manager here removes its hooks and restores each submodule's
+``training`` flag in a ``finally`` block, so an exception never leaves a model
+changed. Gradients are taken with :func:`torch.autograd.grad` with respect to the
+captured activation, never with module backward hooks (which break with in-place
+ReLU, pytorch issue 61519) and never with ``loss.backward()`` (which fills every
+parameter's ``.grad``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "LayerError",
+    "resolve_layer",
+    "eval_mode",
+    "capture",
+    "Capture",
+    "layer_names",
+    "logits_of",
+    "forward_with_grad_at",
+]
+
+Layer = str | nn.Module
+
+
+class LayerError(ValueError):
+    """A layer name or module that is unknown, or whose output is not a feature map."""
+
+
+def resolve_layer(net: nn.Module, layer: Layer) -> tuple[str, nn.Module]:
+    """Return ``(dotted_name, module)`` for a layer given by dotted name or module.
+
+    Raises:
+        LayerError: unknown name (the message lists the nearest names) or a module
+            that is not part of ``net``.
+    """
+    modules = dict(net.named_modules())
+    if isinstance(layer, nn.Module):
+        for name, module in modules.items():
+            if module is layer:
+                return name, module
+        raise LayerError(f"{type(layer).__name__} is not a submodule of {type(net).__name__}.")
+    if layer in modules:
+        return layer, modules[layer]
+    names = [n for n in modules if n]
+    near = difflib.get_close_matches(str(layer), names, n=5, cutoff=0.4)
+    if not near:
+        near = [n for n in names if n.startswith(str(layer).split(".")[0])][:5]
+    hint = f" Nearest names: {', '.join(near)}." if near else ""
+    raise LayerError(
+        f"No layer named {layer!r} in {type(net).__name__}.{hint} "
+        "camlib.layer_names(net) lists the layers that output a feature map."
+    )
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module, eval: bool = True) -> Iterator[nn.Module]:
+    """Put ``net`` in eval mode (if ``eval``) and restore every submodule's flag after."""
+    flags = [(m, m.training) for m in net.modules()]
+    try:
+        if eval:
+            net.eval()
+        yield net
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+class Capture:
+    """What :func:`capture` records: ``.activation`` after a forward (detached)."""
+
+    def __init__(self, name: str, module: nn.Module) -> None:
+        self.name = name
+        self.module = module
+        self.activation: Tensor | None = None
+
+    def __repr__(self) -> str:
+        shape = None if self.activation is None else tuple(self.activation.shape)
+        return f"Capture(layer={self.name!r}, activation={shape})"
+
+
+@contextlib.contextmanager
+def capture(net: nn.Module, layer: Layer, eval: bool = True) -> Iterator[Capture]:
+    """Record a layer's output during forwards inside the ``with`` block.
+
+    >>> with capture(net, "layer4") as cap:   # doctest: +SKIP
+    ...     logits = net(x)
+    >>> cap.activation.shape                 # doctest: +SKIP
+    torch.Size([1, 512, 7, 7])
+
+    The model is put in eval mode (unless ``eval=False``); on exit the hook is
+    removed and every submodule's train/eval flag restored, even after an exception.
+    """
+    name, module = resolve_layer(net, layer)
+    cap = Capture(name, module)
+
+    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+        cap.activation = out.detach() if isinstance(out, Tensor) else out
+
+    with eval_mode(net, eval):
+        handle = module.register_forward_hook(hook)
+        try:
+            yield cap
+        finally:
+            handle.remove()
+
+
+def _example_input(net: nn.Module, size: int | tuple[int, int]) -> Tensor:
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first.in_channels if first is not None else 3
+    param = next(net.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.zeros(1, channels, h, w, device=device)
+
+
+def layer_names(
+    net: nn.Module, size: int | tuple[int, int] = 224, x: Tensor | None = None, max_depth: int | None = None
+) -> list[str]:
+    """Dotted names of the layers whose output is a spatial feature map, in forward order.
+
+    A feature map is a 4-D tensor ``(B, C, h, w)`` with ``h * w > 1``. One forward
+    pass on ``x`` (default: zeros of ``size``) finds them; hooks are removed after.
+    ``max_depth`` keeps names with at most that many dots (``1``: ``"blocks.3"``,
+    ``"layer4"``), handy for a dropdown.
+    """
+    x = _example_input(net, size) if x is None else x
+    found: list[str] = []
+    handles = []
+
+    def make(name: str) -> Callable[..., None]:
+        def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+            if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
+                if name not in found:
+                    found.append(name)
+
+        return hook
+
+    with eval_mode(net), torch.no_grad():
+        try:
+            for name, module in net.named_modules():
+                if name and (max_depth is None or name.count(".") <= max_depth):
+                    handles.append(module.register_forward_hook(make(name)))
+            net(x)
+        finally:
+            for h in handles:
+                h.remove()
+    return found
+
+
+def logits_of(out: Any, output: Callable[[Any], Tensor] | None = None) -> Tensor:
+    """The ``(B, num_classes)`` logits from a model's output.
+
+    ``output`` picks them from a tuple/dict output (e.g. ``lambda o: o["logits"]``).
+    """
+    if output is not None:
+        out = output(out)
+    if isinstance(out, Tensor):
+        if out.dim() != 2:
+            raise ValueError(
+                f"The model returned a tensor of shape {tuple(out.shape)}; expected logits (B, num_classes)."
+            )
+        return out
+    kind = type(out).__name__
+    raise TypeError(
+        f"The model's forward returned a {kind}, not a logits tensor. Pass output=... to pick the "
+        "logits, e.g. output=lambda o: o[0] or output=lambda o: o['logits']."
+    )
+
+
+def forward_with_grad_at(
+    net: nn.Module, x: Tensor, layer: Layer, output: Callable[[Any], Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Forward ``x`` and return ``(A, logits)`` where ``A`` is the layer's output as a
+    leaf that requires grad, so ``torch.autograd.grad(score, A)`` gives ``dscore/dA``.
+
+    Everything upstream of the layer runs under ``no_grad`` (nothing is kept for
+    backward there: the memory of a plain inference forward); the graph starts at
+    ``A``. A clone of ``A`` flows on, so an in-place op right after the layer (ReLU
+    with ``inplace=True``) cannot change the captured activation. Call inside
+    :func:`eval_mode`.
+    """
+    name, module = resolve_layer(net, layer)
+    store: dict[str, Tensor] = {}
+
+    def hook(_mod: nn.Module, _inp: Any, out: Any) -> Tensor:
+        if not (isinstance(out, Tensor) and out.dim() == 4):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise LayerError(
+                f"Layer {name!r} outputs {shape}, not a feature map (B, C, h, w). "
+                "Pick a convolutional layer; camlib.layer_names(net) lists them."
+            )
+        if "A" in store:
+            raise LayerError(f"Layer {name!r} runs more than once per forward; pick a layer used once.")
+        store["A"] = out.detach().requires_grad_(True)
+        torch.set_grad_enabled(True)  # the rest of the forward builds a graph from A
+        return store["A"].clone()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            out = net(x)
+    finally:
+        handle.remove()
+    if "A" not in store:
+        raise LayerError(f"Layer {name!r} was not called in the forward pass; pick a layer the model uses.")
+    return store["A"], logits_of(out, output)

@@ -1,0 +1,99 @@
+"""Turn raw maps into pictures: upsample, normalise, overlay, grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+__all__ = ["upsample", "normalize", "overlay", "to_uint8_rgb", "show_maps"]
+
+
+def upsample(maps: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Bilinear resize of maps ``(B, h, w)`` or ``(h, w)`` to ``size`` (H, W).
+
+    Bilinear interpolation is linear in the map, so it commutes with the weighted
+    sum of CAM: upsample(Σ_k w_k A^k) = Σ_k w_k upsample(A^k).
+    """
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    squeeze = maps.dim() == 2
+    m = maps[None, None] if squeeze else maps[:, None]
+    out = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    return out[0] if squeeze else out
+
+
+def normalize(maps: Tensor, eps: float = 1e-8) -> Tensor:
+    """Per-map min–max scaling to [0, 1]: ``(M - min M) / (max M - min M + eps)``.
+
+    Works on ``(h, w)`` or ``(B, h, w)``; a constant map becomes all zeros, never NaN.
+    """
+    flat = maps.flatten(-2)
+    lo = flat.min(dim=-1, keepdim=True).values
+    hi = flat.max(dim=-1, keepdim=True).values
+    return ((flat - lo) / (hi - lo + eps)).view_as(maps)
+
+
+def to_uint8_rgb(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 array from a PIL image, an array (HWC) or a tensor (CHW, 0..1)."""
+    if isinstance(image, Image.Image):
+        from .data import to_rgb
+
+        return np.asarray(to_rgb(image))
+    if isinstance(image, Tensor):
+        t = image.detach().float().cpu()
+        t = t[0] if t.dim() == 4 else t
+        image = (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    return arr[..., :3]
+
+
+def overlay(
+    image: Image.Image | np.ndarray | Tensor, map: Tensor, alpha: float = 0.5, cmap: str = "jet"
+) -> np.ndarray:
+    """Blend a heat map onto an image: ``(1 - alpha) * image + alpha * cmap(normalize(map))``.
+
+    ``map`` is a raw ``(h, w)`` map at any resolution; it is upsampled (bilinear) to
+    the image's size and min–max normalised. Returns an ``(H, W, 3)`` uint8 RGB array
+    (with "jet", red = high, blue = low).
+    """
+    import matplotlib
+
+    rgb = to_uint8_rgb(image)
+    heat = normalize(upsample(map.detach().float(), rgb.shape[:2])).cpu().numpy()
+    colored = matplotlib.colormaps[cmap](heat)[..., :3]
+    mixed = (1 - alpha) * rgb / 255.0 + alpha * colored
+    return (np.clip(mixed, 0, 1) * 255).round().astype(np.uint8)
+
+
+def show_maps(
+    image: Image.Image | np.ndarray | Tensor,
+    maps: Sequence[Tensor] | Tensor,
+    titles: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    size: float = 3.0,
+):
+    """Show the image and one overlay per map in a row; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    maps = list(maps)
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(size * (len(maps) + 1), size))
+    axes[0].imshow(to_uint8_rgb(image))
+    axes[0].set_title("input")
+    for i, m in enumerate(maps):
+        axes[i + 1].imshow(overlay(image, m, alpha=alpha, cmap=cmap))
+        if titles is not None:
+            axes[i + 1].set_title(titles[i])
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+

@@ -18,7 +18,7 @@ import importlib
 from typing import Any
 
 from .data import load_image, sample_names
-from .device import get_device
+from .device import get_device, setup
 from .hooks import LayerError, capture, eval_mode, layer_names, resolve_layer
 from .methods import CamError, cam, gradcam, gradcam_pp, guided_backprop, guided_gradcam, layer_gradients
 from .models import LoadedModel, imagenet_classes, load_model, model_names
@@ -48,6 +48,7 @@ __all__ = [
     "overlay",
     "resolve_layer",
     "sample_names",
+    "setup",
     "show_maps",
     "upsample",
 ]

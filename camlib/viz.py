@@ -19,22 +19,27 @@ def upsample(maps: Tensor, size: int | tuple[int, int]) -> Tensor:
     Bilinear interpolation is linear in the map, so it commutes with the weighted
     sum of CAM: upsample(Σ_k w_k A^k) = Σ_k w_k upsample(A^k).
     """
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    if maps.dim() not in (2, 3):
+        raise ValueError(f"upsample expects maps (B, h, w) or (h, w), got shape {tuple(maps.shape)}.")
+    size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     squeeze = maps.dim() == 2
     m = maps[None, None] if squeeze else maps[:, None]
-    out = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    m = m if m.dtype in (torch.float32, torch.float64) else m.float()
+    out = F.interpolate(m, size=size, mode="bilinear", align_corners=False)[:, 0]
     return out[0] if squeeze else out
 
 
 def normalize(maps: Tensor, eps: float = 1e-8) -> Tensor:
-    """Per-map min–max scaling to [0, 1]: ``(M - min M) / (max M - min M + eps)``.
+    r"""Per-map min–max scaling to [0, 1]: :math:`(M - \min M) / \max(\max M - \min M, \epsilon)`.
 
-    Works on ``(h, w)`` or ``(B, h, w)``; a constant map becomes all zeros, never NaN.
+    Works on ``(h, w)`` or ``(B, h, w)`` (any leading dims); each map's minimum goes
+    to 0 and its maximum to 1; a constant map becomes all zeros, never NaN.
     """
     flat = maps.flatten(-2)
+    flat = flat if flat.is_floating_point() else flat.float()
     lo = flat.min(dim=-1, keepdim=True).values
     hi = flat.max(dim=-1, keepdim=True).values
-    return ((flat - lo) / (hi - lo + eps)).view_as(maps)
+    return ((flat - lo) / (hi - lo).clamp_min(eps)).view(maps.shape)
 
 
 def to_uint8_rgb(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:
@@ -56,18 +61,22 @@ def to_uint8_rgb(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:
 
 
 def overlay(
-    image: Image.Image | np.ndarray | Tensor, map: Tensor, alpha: float = 0.5, cmap: str = "jet"
+    image: Image.Image | np.ndarray | Tensor, map: Tensor | np.ndarray, alpha: float = 0.5, cmap: str = "jet"
 ) -> np.ndarray:
     """Blend a heat map onto an image: ``(1 - alpha) * image + alpha * cmap(normalize(map))``.
 
-    ``map`` is a raw ``(h, w)`` map at any resolution; it is upsampled (bilinear) to
-    the image's size and min–max normalised. Returns an ``(H, W, 3)`` uint8 RGB array
-    (with "jet", red = high, blue = low).
+    ``map`` is a raw ``(h, w)`` (or ``(1, h, w)``) map at any resolution; it is
+    upsampled (bilinear) to the image's size and min–max normalised. Returns an
+    ``(H, W, 3)`` uint8 RGB array (with "jet", red = high, blue = low).
     """
     import matplotlib
 
+    m = torch.as_tensor(map).detach().float()
+    m = m[0] if m.dim() == 3 and m.shape[0] == 1 else m
+    if m.dim() != 2:
+        raise ValueError(f"overlay takes one map (h, w), got shape {tuple(m.shape)}; pass maps[i].")
     rgb = to_uint8_rgb(image)
-    heat = normalize(upsample(map.detach().float(), rgb.shape[:2])).cpu().numpy()
+    heat = normalize(upsample(m, rgb.shape[:2])).cpu().numpy()
     colored = matplotlib.colormaps[cmap](heat)[..., :3]
     mixed = (1 - alpha) * rgb / 255.0 + alpha * colored
     return (np.clip(mixed, 0, 1) * 255).round().astype(np.uint8)
@@ -84,7 +93,9 @@ def show_maps(
     """Show the image and one overlay per map in a row; returns the matplotlib figure."""
     import matplotlib.pyplot as plt
 
-    maps = list(maps)
+    maps = [maps] if isinstance(maps, Tensor) and maps.dim() == 2 else list(maps)
+    if titles is not None and len(titles) != len(maps):
+        raise ValueError(f"Got {len(titles)} titles for {len(maps)} maps.")
     fig, axes = plt.subplots(1, len(maps) + 1, figsize=(size * (len(maps) + 1), size))
     axes[0].imshow(to_uint8_rgb(image))
     axes[0].set_title("input")

@@ -1,0 +1,59 @@
+"""camlib.get_device and camlib.setup."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import camlib
+
+
+def test_env_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("CAMLIB_DEVICE", "cpu")
+    assert camlib.get_device() == torch.device("cpu")
+    monkeypatch.setenv("CAMLIB_DEVICE", "cuda:1")  # a name is enough: nothing is allocated
+    assert camlib.get_device() == torch.device("cuda", 1)
+
+
+def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAMLIB_DEVICE", "gpu-please")
+    with pytest.raises(ValueError, match="CAMLIB_DEVICE='gpu-please'"):
+        camlib.get_device()
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"), [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]
+)
+def test_order_cuda_mps_cpu(monkeypatch: pytest.MonkeyPatch, cuda: bool, mps: bool, expected: str) -> None:
+    monkeypatch.delenv("CAMLIB_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert camlib.get_device().type == expected
+
+
+def test_empty_env_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAMLIB_DEVICE", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert camlib.get_device() == torch.device("cpu")
+
+
+def test_setup_seeds_prints_and_returns_device(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("CAMLIB_DEVICE", "cpu")
+    state = torch.random.get_rng_state()
+    try:
+        device = camlib.setup(seed=3)
+        draws = (torch.rand(3), np.random.rand(3), random.random())
+        camlib.setup(seed=3)
+        again = (torch.rand(3), np.random.rand(3), random.random())
+    finally:
+        torch.random.set_rng_state(state)
+    assert device == torch.device("cpu")
+    assert capsys.readouterr().out == "camlib on cpu\ncamlib on cpu\n"
+    torch.testing.assert_close(draws[0], again[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(draws[1], again[1])
+    assert draws[2] == again[2]

@@ -107,4 +107,3 @@ def show_maps(
         ax.axis("off")
     fig.tight_layout()
     return fig
-

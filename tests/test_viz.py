@@ -133,3 +133,16 @@ def test_show_maps_returns_figure() -> None:
         plt.close(fig)
     with pytest.raises(ValueError, match="titles"):
         camlib.show_maps(img, maps, titles=["only one"])
+
+
+def test_to_uint8_rgb_inputs() -> None:
+    from camlib.viz import to_uint8_rgb
+
+    rgb = np.random.default_rng(1).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_uint8_rgb(Image.fromarray(rgb)), rgb)
+    np.testing.assert_array_equal(to_uint8_rgb(rgb), rgb)
+    chw = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255  # a (3, H, W) tensor in 0..1
+    np.testing.assert_array_equal(to_uint8_rgb(chw), rgb)
+    np.testing.assert_array_equal(to_uint8_rgb(chw[None]), rgb)
+    np.testing.assert_array_equal(to_uint8_rgb(rgb[..., 0]), np.repeat(rgb[..., :1], 3, axis=2))
+    np.testing.assert_array_equal(to_uint8_rgb(np.full((2, 2, 3), 0.5)), np.full((2, 2, 3), 128))

@@ -76,7 +76,7 @@ def eval_mode(net: nn.Module, eval: bool = True) -> Iterator[nn.Module]:
 
 
 class Capture:
-    """What :func:`capture` records: ``.activation`` after a forward (detached)."""
+    """What :func:`capture` records: ``.activation`` after a forward (a detached copy)."""
 
     def __init__(self, name: str, module: nn.Module) -> None:
         self.name = name
@@ -104,7 +104,9 @@ def capture(net: nn.Module, layer: Layer, eval: bool = True) -> Iterator[Capture
     cap = Capture(name, module)
 
     def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-        cap.activation = out.detach() if isinstance(out, Tensor) else out
+        # a copy: an in-place op after the layer (ReLU(inplace=True), ``out += identity``
+        # in a ResNet block) would otherwise change the recorded activation
+        cap.activation = out.detach().clone() if isinstance(out, Tensor) else out
 
     with eval_mode(net, eval):
         handle = module.register_forward_hook(hook)
@@ -187,17 +189,22 @@ def forward_with_grad_at(
     backward there: the memory of a plain inference forward); the graph starts at
     ``A``. A clone of ``A`` flows on, so an in-place op right after the layer (ReLU
     with ``inplace=True``) cannot change the captured activation. Call inside
-    :func:`eval_mode`.
+    :func:`eval_mode`; works inside ``torch.no_grad()`` / ``torch.inference_mode()`` too.
+
+    Raises:
+        LayerError: the layer's output is not a spatial feature map ``(B, C, h, w)``
+            with ``h * w > 1``, the layer is not called, or it is called twice.
+        TypeError: the model returns a tuple/dict and no ``output=`` picks the logits.
     """
     name, module = resolve_layer(net, layer)
     store: dict[str, Tensor] = {}
 
     def hook(_mod: nn.Module, _inp: Any, out: Any) -> Tensor:
-        if not (isinstance(out, Tensor) and out.dim() == 4):
+        if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1):
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise LayerError(
-                f"Layer {name!r} outputs {shape}, not a feature map (B, C, h, w). "
-                "Pick a convolutional layer; camlib.layer_names(net) lists them."
+                f"Layer {name!r} outputs {shape}, not a spatial feature map (B, C, h, w) with h * w > 1. "
+                "Pick a convolutional layer before global pooling; camlib.layer_names(net) lists them."
             )
         if "A" in store:
             raise LayerError(f"Layer {name!r} runs more than once per forward; pick a layer used once.")
@@ -207,7 +214,7 @@ def forward_with_grad_at(
 
     handle = module.register_forward_hook(hook)
     try:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             out = net(x)
     finally:
         handle.remove()

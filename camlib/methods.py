@@ -17,10 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
-from .hooks import Layer, capture, eval_mode, forward_with_grad_at, logits_of, resolve_layer
-from .targets import Targets, class_indices, scores
+from .hooks import Layer, capture, eval_mode, forward_with_grad_at, logits_of
+from .targets import Targets, class_indices, is_many, scores
 from .viz import normalize, upsample
 
 __all__ = [
@@ -104,7 +106,7 @@ def _cam_parts(model: Any, x: Tensor, output: Output) -> tuple[nn.Module, str, n
 
 def _broadcast(x: Tensor, targets: Targets) -> Tensor:
     """Repeat a single image once per target when a batch of one gets K > 1 classes."""
-    if x.shape[0] == 1 and not callable(targets) and not isinstance(targets, int) and targets is not None:
+    if x.shape[0] == 1 and is_many(targets):
         k = torch.as_tensor(targets).numel()
         if k > 1:
             return x.expand(k, *x.shape[1:])
@@ -125,7 +127,7 @@ def cam(model: Any, x: Tensor, targets: Targets = None, output: Output = None) -
     with capture(net, layer) as cap, torch.no_grad():
         logits = logits_of(net(x), output)
     feats = cap.activation
-    if feats.shape[0] == 1 and _is_many(targets):
+    if feats.shape[0] == 1 and is_many(targets):
         idx = _many(targets, logits)
         feats = feats.expand(idx.numel(), *feats.shape[1:])
     else:
@@ -134,12 +136,9 @@ def cam(model: Any, x: Tensor, targets: Targets = None, output: Output = None) -
         return torch.einsum("bk,bkhw->bhw", fc.weight[idx].to(feats.dtype), feats)
 
 
-def _is_many(targets: Targets) -> bool:
-    return targets is not None and not isinstance(targets, int) and not callable(targets)
-
-
 def _many(targets: Targets, logits: Tensor) -> Tensor:
-    idx = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+    """K class indices for the one image of ``logits`` (1, C), range-checked."""
+    idx = torch.as_tensor(targets, device=logits.device).reshape(-1)
     return class_indices(logits.expand(idx.numel(), -1), idx)
 
 
@@ -154,16 +153,15 @@ def layer_gradients(
     batch of one image with K targets, returns K rows (one forward, K backwards
     through the part of the net after the layer).
     """
-    resolve_layer(net, layer)
-    with eval_mode(net):
+    with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
         acts, logits = forward_with_grad_at(net, x, layer, output)
-        with torch.enable_grad():
-            if x.shape[0] == 1 and _is_many(targets):
-                idx = _many(targets, logits)
-                rows = [torch.autograd.grad(logits[0, c], acts, retain_graph=True)[0] for c in idx.tolist()]
-                return acts.detach().expand(len(rows), *acts.shape[1:]), torch.cat(rows), logits.detach()
-            s = scores(logits, targets)
-            (grads,) = torch.autograd.grad(s.sum(), acts)
+        if x.shape[0] == 1 and is_many(targets):
+            idx = _many(targets, logits).tolist()
+            rows = [
+                torch.autograd.grad(logits[0, c], acts, retain_graph=i < len(idx) - 1)[0] for i, c in enumerate(idx)
+            ]
+            return acts.detach().expand(len(rows), *acts.shape[1:]), torch.cat(rows), logits.detach()
+        (grads,) = torch.autograd.grad(scores(logits, targets).sum(), acts)
     return acts.detach(), grads, logits.detach()
 
 
@@ -210,52 +208,94 @@ def gradcam_pp(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None,
     return torch.relu(torch.einsum("bk,bkhw->bhw", weights, acts))
 
 
-class _PositiveGradOnly(torch.autograd.Function):
-    """Identity forward; backward keeps only positive gradients (the guided rule)."""
+class _GuidedClamp(torch.autograd.Function):
+    """``clamp(x, lo, hi)`` (ReLU: ``hi=None``) whose backward is the guided rule.
+
+    Backward: ``R_in = [lo < out < hi] * max(R_out, 0)``; the activation's own mask and
+    the positive-gradient mask are both elementwise, so one function applies both.
+    ``inplace=True`` modifies ``x`` and marks it dirty, so code that ignores the return
+    value of ``x.relu_()`` still sees the guided node in ``x``'s history.
+    """
 
     @staticmethod
-    def forward(ctx: Any, t: Tensor) -> Tensor:
-        return t.clone()
+    def forward(ctx: Any, x: Tensor, lo: float, hi: float | None, inplace: bool) -> Tensor:
+        out = x.clamp_(lo, hi) if inplace else x.clamp(lo, hi)
+        if inplace:
+            ctx.mark_dirty(out)
+        ctx.save_for_backward(out)
+        ctx.lo, ctx.hi = lo, hi
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return grad.clamp(min=0)
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        (out,) = ctx.saved_tensors
+        active = out > ctx.lo
+        if ctx.hi is not None:
+            active &= out < ctx.hi
+        return torch.where(active, grad.clamp(min=0), torch.zeros_like(grad)), None, None, None
 
 
-_RELU_FAMILY = (nn.ReLU, nn.ReLU6)
+def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _relu_family(func: Any, args: tuple, kwargs: dict) -> tuple[float, float | None, bool] | None:
+    """``(lo, hi, inplace)`` if ``func(*args, **kwargs)`` is a ReLU-family activation, else None."""
+    if func in (F.relu, torch.relu, Tensor.relu):
+        return 0.0, None, bool(_arg(args, kwargs, 1, "inplace", False)) if func is F.relu else False
+    if func in (torch.relu_, F.relu_, Tensor.relu_):
+        return 0.0, None, True
+    if func is F.relu6:
+        return 0.0, 6.0, bool(_arg(args, kwargs, 1, "inplace", False))
+    if func in (F.hardtanh, F.hardtanh_) and float(_arg(args, kwargs, 1, "min_val", -1.0)) == 0.0:
+        inplace = func is F.hardtanh_ or bool(_arg(args, kwargs, 3, "inplace", False))
+        return 0.0, float(_arg(args, kwargs, 2, "max_val", 1.0)), inplace
+    return None
+
+
+class _GuidedMode(TorchFunctionMode):
+    """Inside this mode every ReLU-family call runs as :class:`_GuidedClamp`.
+
+    It sees modules (``nn.ReLU``, ``nn.ReLU6``: their ``forward`` calls ``F.relu`` /
+    ``F.hardtanh``), functions (``F.relu``, ``torch.relu``, ``F.relu6``,
+    ``F.hardtanh(x, 0, t)``) and tensor methods (``x.relu()``, ``x.relu_()``), in-place
+    or not. No hook is registered, so nothing can be left behind on the model.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        spec = _relu_family(func, args, kwargs)
+        if spec is None:
+            return func(*args, **kwargs)
+        return _GuidedClamp.apply(args[0], *spec)
 
 
 def guided_backprop(net: nn.Module, x: Tensor, targets: Targets = None, output: Output = None) -> Tensor:
-    r"""Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806), ``(B, 3, H, W)``.
+    r"""Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806), ``(B, C, H, W)``.
 
-    At every ReLU-family module (``nn.ReLU``, ``nn.ReLU6``, in-place or not) the
-    backward pass keeps a gradient only where the forward input was active *and* the
-    incoming gradient is positive:
-    :math:`R^{l} = (f^{l} > 0) \cdot (R^{l+1} > 0) \cdot R^{l+1}`.
-    The activation's own backward applies the first factor; a forward hook appends
-    an identity whose backward applies the second. Hooks are removed afterwards.
-    Functional ``F.relu`` calls inside ``forward`` are not seen.
+    The gradient of the target score with respect to the input, except that at every
+    ReLU-family activation (ReLU, ReLU6, ``hardtanh(x, 0, t)``; module, function or
+    tensor method; in-place or not) the backward keeps a gradient only where the unit
+    was active *and* the incoming gradient is positive:
+
+    .. math:: R^{l} = \mathbb{1}[f^{l} > 0] \cdot \mathbb{1}[R^{l+1} > 0] \cdot R^{l+1}
+
+    (for ReLU6 the first factor is :math:`\mathbb{1}[0 < f^l < 6]`). Each image's
+    gradient depends on its own score only (eval mode), so a batch gives the same
+    rows as separate calls. Nothing is registered on the model.
+
+    >>> gb = camlib.guided_backprop(net, x, targets=281)   # doctest: +SKIP
     """
     x = _broadcast(x, targets).contiguous()
-    handles = [
-        m.register_forward_hook(lambda _m, _i, out: _PositiveGradOnly.apply(out))
-        for m in net.modules()
-        if isinstance(m, _RELU_FAMILY)
-    ]
-    try:
-        with eval_mode(net), torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
+    with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
+        xg = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+        with _GuidedMode():
             logits = logits_of(net(xg), output)
-            (grad,) = torch.autograd.grad(scores(logits, targets).sum(), xg)
-    finally:
-        for h in handles:
-            h.remove()
+        (grad,) = torch.autograd.grad(scores(logits, targets).sum(), xg)
     return grad
 
 
-def guided_gradcam(
-    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None
-) -> Tensor:
+def guided_gradcam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
     r"""Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled map.
 
     .. math:: G^c = \mathrm{GB}^c \odot \mathrm{normalize}(\mathrm{upsample}(L^c_{\text{Grad-CAM}}))

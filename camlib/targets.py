@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["Targets", "class_indices", "scores"]
+__all__ = ["Targets", "class_indices", "is_many", "is_single", "scores"]
 
 Targets = None | int | Sequence[int] | Tensor | Callable[[Tensor], Tensor]
 
@@ -15,18 +16,30 @@ Targets = None | int | Sequence[int] | Tensor | Callable[[Tensor], Tensor]
 def class_indices(logits: Tensor, targets: Targets) -> Tensor:
     """One class index per image as a ``(B,)`` long tensor on the logits' device.
 
-    ``None``: each image's top-1; an ``int``: that class for every image; a sequence
-    or tensor: one class per image (its length must be the batch size).
+    ``None``: each image's top-1; an ``int`` (also a NumPy integer or a 0-d tensor):
+    that class for every image; a sequence or 1-d tensor: one class per image (its
+    length must be the batch size).
+
+    Raises:
+        ValueError: a sequence whose length is not the batch size.
+        IndexError: a class index outside ``0 .. num_classes - 1``.
+        TypeError: a callable, a bool or non-integer indices.
     """
     batch, num_classes = logits.shape
     if targets is None:
         return logits.argmax(dim=1)
-    if isinstance(targets, bool) or callable(targets):
-        raise TypeError("targets must be None, an int, or a sequence of ints here.")
-    if isinstance(targets, int):
-        idx = torch.full((batch,), targets, dtype=torch.long, device=logits.device)
+    if isinstance(targets, bool) or (callable(targets) and not isinstance(targets, Tensor)):
+        raise TypeError(
+            "targets must be None, an int, or a sequence of ints here (a callable target only works "
+            "with the gradient methods: gradcam, gradcam_pp, guided_backprop, guided_gradcam)."
+        )
+    if is_single(targets):
+        idx = torch.full((batch,), int(targets), dtype=torch.long, device=logits.device)
     else:
-        idx = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+        idx = torch.as_tensor(targets, device=logits.device).reshape(-1)
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise TypeError(f"Class indices must be integers, got a {idx.dtype} sequence.")
+        idx = idx.long()
         if idx.numel() != batch:
             raise ValueError(
                 f"Got {idx.numel()} targets for a batch of {batch} images: give one class per image, "
@@ -41,6 +54,22 @@ def class_indices(logits: Tensor, targets: Targets) -> Tensor:
     return idx
 
 
+def is_single(targets: Targets) -> bool:
+    """True for one class index meant for every image: a Python/NumPy int or a 0-d integer tensor."""
+    if isinstance(targets, bool):
+        return False
+    if isinstance(targets, Tensor):
+        return targets.dim() == 0 and not targets.is_floating_point()
+    return isinstance(targets, numbers.Integral)
+
+
+def is_many(targets: Targets) -> bool:
+    """True for a sequence (or 1-d tensor) of class indices, one per image."""
+    return (
+        targets is not None and not is_single(targets) and not (callable(targets) and not isinstance(targets, Tensor))
+    )
+
+
 def scores(logits: Tensor, targets: Targets) -> Tensor:
     """The ``(B,)`` scores to explain: ``logits[b, c_b]``, or ``targets(logits)`` if callable.
 
@@ -50,7 +79,9 @@ def scores(logits: Tensor, targets: Targets) -> Tensor:
         s = targets(logits)
         if not isinstance(s, Tensor) or s.shape != (logits.shape[0],):
             got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-            raise ValueError(f"A callable target must return one score per image, shape ({logits.shape[0]},); got {got}.")
+            raise ValueError(
+                f"A callable target must return one score per image, shape ({logits.shape[0]},); got {got}."
+            )
         return s
     idx = class_indices(logits, targets)
     return logits.gather(1, idx[:, None])[:, 0]

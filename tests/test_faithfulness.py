@@ -150,6 +150,8 @@ def test_fewer_steps_than_pixels(curve_case):
     net, x, maps = curve_case
     c = M.deletion_curve(net, x, maps, targets=0, steps=2, progress=False)
     torch.testing.assert_close(c.probs, torch.tensor([[sigmoid(10), sigmoid(4), sigmoid(0)]]), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="steps"):
+        M.deletion_curve(net, x, maps, targets=0, steps=5, progress=False)  # only 4 pixels
 
 
 def test_ties_are_broken_in_raster_order(curve_case):

@@ -282,6 +282,8 @@ def perturbation_curve(
     """
     x, maps = _check_maps(x, maps)
     b, _, h, w = x.shape
+    if not 1 <= steps <= h * w:
+        raise ValueError(f"steps must be between 1 and the number of pixels ({h * w}), got {steps}.")
     idx, _ = _targets_and_y(net, x, targets, batch_size)
     ranks = _ranks(maps, (h, w)).view(b, h, w)
     counts = torch.div(torch.arange(steps + 1, device=x.device) * (h * w), steps, rounding_mode="floor")

@@ -67,11 +67,6 @@ def test_capture_nested_dotted_name(resnet: nn.Module) -> None:
     torch.testing.assert_close(cap.activation, seen["out"], rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="camlib/hooks.py capture() stores out.detach(), which shares storage with the output an in-place "
-    "op then overwrites; fix: store out.detach().clone(). Remove this marker once fixed.",
-)
 def test_capture_survives_inplace_relu_after_the_layer() -> None:
     # Conv -> BN -> ReLU(inplace=True): the captured BN output must keep its negative values
     net = _tiny(inplace=True).eval()

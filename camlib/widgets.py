@@ -11,7 +11,7 @@ its observer, so code (and tests) can set ``ex.class_control.value = 285`` and r
 is cached: the CAM of every class is one einsum over the feature layer; per layer one forward pass
 keeps the activations and the graph above the layer, so a new class costs one backward through the
 top of the network, and each (layer, class) gradient is computed once. The picture is an
-``ipywidgets.Image`` holding JPEG (or PNG) bytes of :func:`camlib.overlay`, so no matplotlib figure is
+``ipywidgets.Image`` holding JPEG (or PNG) bytes of :func:`camlib.overlay`'s picture, so no matplotlib figure is
 redrawn and nothing beyond core ipywidgets (7.7 on Colab, 8.x elsewhere) is needed.
 
 >>> ex = Explorer(camlib.load_model("efficientnet_lite0"), "chelsea")  # doctest: +SKIP
@@ -33,7 +33,6 @@ from torch import Tensor
 from .data import load_image
 from .hooks import eval_mode, forward_with_grad_at, layer_names, resolve_layer
 from .methods import cam
-from .viz import overlay
 
 __all__ = ["METHODS", "Explorer", "default_layers", "encode"]
 
@@ -128,6 +127,7 @@ class Explorer:
         picture.thumbnail((max_side, max_side), Image.BILINEAR)
         self.picture = picture
         self._picture_rgb = np.asarray(picture.convert("RGB"))
+        self._painter = _Painter(self._picture_rgb, cmap)
         if image_format not in ("jpeg", "png"):
             raise ValueError(f"image_format must be 'jpeg' or 'png', not {image_format!r}.")
         self.image_format = image_format
@@ -145,7 +145,8 @@ class Explorer:
         # One forward at the feature layer: the logits and the CAM of every class (one einsum).
         feats, self.logits = self._features()
         self.probs = self.logits.softmax(dim=1)[0]
-        self._all_cams = torch.einsum("ck,khw->chw", model.fc.weight.to(feats.dtype), feats[0])
+        with torch.no_grad():
+            self._all_cams = torch.einsum("ck,khw->chw", model.fc.weight.to(feats.dtype), feats[0])
         self._graph: tuple[str, Tensor, Tensor] | None = None  # (layer, A, logits) of the current layer
         self._grads: OrderedDict[tuple[str, int], Tensor] = OrderedDict()  # (layer, class) -> dy/dA, LRU
         self._acts: dict[str, Tensor] = {}
@@ -278,11 +279,11 @@ class Explorer:
         self.redraw()
 
     def redraw(self) -> None:
-        """Encode the overlay (or the plain picture when there is no map) as PNG into the image widget."""
+        """Encode the overlay (or the plain picture when there is no map) into the image widget."""
         if self.current_map is None:
             rgb = self._picture_rgb
         else:
-            rgb = overlay(self._picture_rgb, self.current_map, alpha=self.opacity_control.value, cmap=self.cmap)
+            rgb = self._painter(self.current_map, self.opacity_control.value)
         self.image_widget.value = encode(rgb, self.image_format)
 
     def _on_change(self, _change: dict) -> None:
@@ -311,6 +312,35 @@ class Explorer:
             f"Explorer(class={self.class_control.value}, layer={self.layer_control.value!r}, "
             f"method={self.method_control.value!r})"
         )
+
+
+class _Painter:
+    """:func:`camlib.overlay` for one picture, bit for bit, with what does not change kept.
+
+    ``overlay`` looks the colormap up and blends in float64 on every call; here the colormap's
+    table and ``(1 - alpha) * image / 255`` (per opacity) are computed once, and the map is turned
+    into table indices exactly as matplotlib does (``floor(x * N)``, clipped), so the result is
+    identical to ``overlay(image, map, alpha, cmap)``.
+    """
+
+    def __init__(self, rgb: np.ndarray, cmap: str) -> None:
+        import matplotlib
+
+        colormap = matplotlib.colormaps[cmap]
+        self.n = colormap.N
+        self.table = colormap(np.arange(self.n))[:, :3]
+        self.rgb = rgb
+        self._base: tuple[float, np.ndarray] | None = None
+
+    def __call__(self, the_map: Tensor, alpha: float) -> np.ndarray:
+        from .viz import normalize, upsample
+
+        heat = normalize(upsample(the_map.detach().float(), self.rgb.shape[:2])).cpu().numpy()
+        idx = np.clip((heat * self.n).astype(int), 0, self.n - 1)
+        if self._base is None or self._base[0] != alpha:
+            self._base = (alpha, (1 - alpha) * self.rgb / 255.0)
+        mixed = self._base[1] + alpha * self.table[idx]
+        return (np.clip(mixed, 0, 1) * 255).round().astype(np.uint8)
 
 
 def _unique_labels(classes: Sequence[str]) -> list[str]:

@@ -1,0 +1,97 @@
+"""How long a move of the explorer's controls takes, redraw included (issue 4's latency targets).
+
+Run: ``.venv/bin/python benchmarks/bench_widgets.py [--repeats N]``. EfficientNet-Lite0, the
+"chelsea" photo at 224 px, torch's default CPU threads. Each timed move sets a control's ``.value``
+and returns once the observer has computed the map and put the encoded image into the widget,
+exactly what a user's move costs in the kernel. Moves are made uncached: a class change goes to a
+class not seen before at that layer; a layer change drops the cached gradients first. Medians are
+printed next to the issue's targets; on a shared machine, timings are noisy: run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import camlib
+from camlib.widgets import Explorer
+
+TARGETS_MS = {"class, feature layer": 30, "class, intermediate layer": 150, "layer": 400}
+
+
+def timed(moves: list[Callable[[], None]]) -> list[float]:
+    out = []
+    for move in moves:
+        t = time.perf_counter()
+        move()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def setter(control, value) -> Callable[[], None]:
+    def move() -> None:
+        control.value = value
+
+    return move
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15, help="moves per measurement (default 15)")
+    parser.add_argument("--layer", default="blocks.4", help="the intermediate layer (default blocks.4)")
+    args = parser.parse_args()
+    n = args.repeats
+
+    device = camlib.get_device()
+    model = camlib.load_model("efficientnet_lite0", device=device)
+    ex = Explorer(model, "chelsea")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"device {device}, torch threads {torch.get_num_threads()}, load average {load:.1f}, {n} moves each")
+    classes = [v for _, v in ex.class_control.options]  # top predictions first, then the rest
+    fresh = iter(classes[1:])  # classes not yet seen anywhere: every class move below is uncached
+
+    results: dict[str, list[float]] = {}
+    for method in ("CAM", "Grad-CAM", "Grad-CAM++"):
+        ex.method_control.value = method
+        ex.layer_control.value = model.feature_layer
+        timed([setter(ex.class_control, next(fresh)) for _ in range(2)])  # warm-up
+        results[f"class, feature layer ({method})"] = timed([setter(ex.class_control, next(fresh)) for _ in range(n)])
+
+    ex.method_control.value = "Grad-CAM"
+    ex.layer_control.value = args.layer
+    timed([setter(ex.class_control, next(fresh)) for _ in range(2)])
+    results[f"class, intermediate layer (Grad-CAM, {args.layer})"] = timed(
+        [setter(ex.class_control, next(fresh)) for _ in range(n)]
+    )
+
+    layers = [name for name in ex.layer_control.options if name != ex.layer_control.value]
+
+    def layer_move(name: str) -> Callable[[], None]:
+        def move() -> None:
+            ex._grads.clear()  # uncached: one forward and one backward, as on a first visit
+            ex.layer_control.value = name
+
+        return move
+
+    cycle = [layers[i % len(layers)] for i in range(n + 2)]
+    results["layer (Grad-CAM, uncached)"] = timed([layer_move(name) for name in cycle])[2:]
+
+    rgb_map = ex.current_map
+    results["redraw only (overlay + encode)"] = timed([ex.redraw for _ in range(n)])
+
+    print(f"{'move':48s} {'median':>9s} {'min':>9s} {'max':>9s}  target")
+    for name, ms in results.items():
+        kind = next((k for k in TARGETS_MS if name.startswith(k + " (")), None)
+        target = f"<= {TARGETS_MS[kind]} ms" if kind else ""
+        verdict = "" if not kind else (" ok" if statistics.median(ms) <= TARGETS_MS[kind] else " MISSED")
+        print(f"{name:48s} {statistics.median(ms):7.1f}ms {min(ms):7.1f}ms {max(ms):7.1f}ms  {target}{verdict}")
+    assert rgb_map is ex.current_map
+
+
+if __name__ == "__main__":
+    main()

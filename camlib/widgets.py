@@ -20,9 +20,10 @@ redrawn and nothing beyond core ipywidgets (7.7 on Colab, 8.x elsewhere) is need
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,9 @@ class Explorer:
         alpha: initial opacity of the heat map; ``top``: how many predictions head the class list;
         size: input size for :meth:`model.preprocess`; ``max_side``: longest side of the picture;
         ``image_format``: "jpeg" (default; encodes in well under a millisecond) or "png" (lossless,
-        ~10 ms at 360 px).
+        ~10 ms at 360 px); ``threads``: torch CPU threads while a move is computed (default 1: the
+        work per move is small, and on a shared 2-core machine a second thread mostly waits for a
+        busy core, several times slower; ``None`` keeps torch's setting). Restored after each move.
 
     Attributes:
         class_control, layer_control, method_control, opacity_control: the widgets;
@@ -115,11 +118,13 @@ class Explorer:
         max_side: int = 360,
         cmap: str = "jet",
         image_format: str = "jpeg",
+        threads: int | None = 1,
     ) -> None:
         import ipywidgets as w
 
         self.model = model
         self.net = model.net
+        self.threads = threads
         self.cmap = cmap
         self.image = load_image(image)
         self.x = model.preprocess(self.image, size)
@@ -287,10 +292,12 @@ class Explorer:
         self.image_widget.value = encode(rgb, self.image_format)
 
     def _on_change(self, _change: dict) -> None:
-        self.update()
+        with _torch_threads(self.threads):
+            self.update()
 
     def _on_opacity(self, _change: dict) -> None:
-        self.redraw()
+        with _torch_threads(self.threads):
+            self.redraw()
 
     def _on_search(self, change: dict) -> None:
         c = self._label_to_class.get(change["new"])
@@ -312,6 +319,20 @@ class Explorer:
             f"Explorer(class={self.class_control.value}, layer={self.layer_control.value!r}, "
             f"method={self.method_control.value!r})"
         )
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (``None``: as set), restoring the setting after."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Painter:

@@ -32,7 +32,7 @@ from PIL import Image
 from torch import Tensor
 
 from .data import load_image
-from .hooks import eval_mode, forward_with_grad_at, layer_names, resolve_layer
+from .hooks import capture, eval_mode, forward_with_grad_at, layer_names, resolve_layer
 from .methods import cam
 
 __all__ = ["METHODS", "Explorer", "default_layers", "encode"]
@@ -78,7 +78,7 @@ class Explorer:
 
     Args:
         model: what :func:`camlib.load_model` returns (``.net``, ``.classes``, ``.feature_layer``,
-            ``.fc``, ``.preprocess``).
+            ``.fc``, ``.preprocess``), or a model name for it.
         image: a PIL image, a path or a sample name (``"chelsea"``).
         layers: dotted layer names for the layer control (default: :func:`default_layers`).
             The feature layer is added when "CAM" is among the methods.
@@ -95,7 +95,7 @@ class Explorer:
     Attributes:
         class_control, layer_control, method_control, opacity_control: the widgets;
         search_control: a combobox over all class names that sets ``class_control``;
-        image_widget: the ``ipywidgets.Image`` with the PNG shown; current_map: the raw
+        image_widget: the ``ipywidgets.Image`` with the picture shown; current_map: the raw
         ``(h, w)`` map shown (``None`` when nothing is, e.g. "CAM" at another layer);
         message: the status line; widget: the container to display.
     """
@@ -122,6 +122,10 @@ class Explorer:
     ) -> None:
         import ipywidgets as w
 
+        if isinstance(model, str):
+            from .models import load_model
+
+            model = load_model(model)
         self.model = model
         self.net = model.net
         self.threads = threads
@@ -201,8 +205,6 @@ class Explorer:
 
     # ----------------------------------------------------------------- computing
     def _features(self) -> tuple[Tensor, Tensor]:
-        from .hooks import capture
-
         with capture(self.net, self.model.feature_layer) as cap, torch.no_grad():
             logits = self.net(self.x)
         return cap.activation, logits

@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--layer", default="blocks.4", help="the intermediate layer (default blocks.4)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument(
-        "--move-threads", type=int, default=1, help="Explorer(threads=...) in a move; 0: as torch is set"
+        "--move-threads", type=int, default=0, help="Explorer(threads=...) in a move; 0 (default): as torch is set"
     )
     args = parser.parse_args()
     n = args.repeats

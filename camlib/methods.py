@@ -296,7 +296,7 @@ def guided_backprop(net: nn.Module, x: Tensor, targets: Targets = None, output: 
 
 
 def guided_gradcam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
-    r"""Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled map.
+    r"""Guided Grad-CAM (Selvaraju et al. 2017, arXiv:1610.02391): guided backprop times the map.
 
     .. math:: G^c = \mathrm{GB}^c \odot \mathrm{normalize}(\mathrm{upsample}(L^c_{\text{Grad-CAM}}))
 

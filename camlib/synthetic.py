@@ -34,6 +34,7 @@ CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
 BG_LO, BG_HI = 0.25, 0.75
 COLOR_MARGIN = 0.1
 MIN_CONTRAST = BG_LO - COLOR_MARGIN  # least L-infinity colour distance between an object and what lies under it
+RADIUS_RANGE = (0.16, 0.26)  # object radius (circumscribed circle) as a fraction of the image side
 _CHUNK = 256
 
 
@@ -82,7 +83,8 @@ def _draw_params(n: int, size: int, seed: int, strokes: int) -> dict[str, Tensor
     g = torch.Generator().manual_seed(seed)
     k = len(CLASSES)
     labels = (torch.arange(n) % k)[torch.randperm(n, generator=g)]
-    radius = size * (0.16 + 0.1 * torch.rand(n, generator=g))
+    lo_r, hi_r = RADIUS_RANGE
+    radius = size * (lo_r + (hi_r - lo_r) * torch.rand(n, generator=g))
     lo, span = radius + 1, size - 2 * (radius + 1)
     center = lo[:, None] + span[:, None] * torch.rand(n, 2, generator=g)
     # A random direction from a uniform point in the unit square, normalised (no trig per image).

@@ -104,15 +104,6 @@ def _cam_parts(model: Any, x: Tensor, output: Output) -> tuple[nn.Module, str, n
     return model.net, model.feature_layer, model.fc
 
 
-def _broadcast(x: Tensor, targets: Targets) -> Tensor:
-    """Repeat a single image once per target when a batch of one gets K > 1 classes."""
-    if x.shape[0] == 1 and is_many(targets):
-        k = torch.as_tensor(targets).numel()
-        if k > 1:
-            return x.expand(k, *x.shape[1:])
-    return x
-
-
 def cam(model: Any, x: Tensor, targets: Targets = None, output: Output = None) -> Tensor:
     r"""Class activation maps (Zhou et al. 2016, arXiv:1512.04150), raw.
 
@@ -286,11 +277,14 @@ def guided_backprop(net: nn.Module, x: Tensor, targets: Targets = None, output: 
 
     >>> gb = camlib.guided_backprop(net, x, targets=281)   # doctest: +SKIP
     """
-    x = _broadcast(x, targets).contiguous()
     with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
         xg = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
         with _GuidedMode():
             logits = logits_of(net(xg), output)
+        if x.shape[0] == 1 and is_many(targets):  # one forward, one backward per class
+            idx = _many(targets, logits).tolist()
+            rows = [torch.autograd.grad(logits[0, c], xg, retain_graph=i < len(idx) - 1)[0] for i, c in enumerate(idx)]
+            return torch.cat(rows)
         (grad,) = torch.autograd.grad(scores(logits, targets).sum(), xg)
     return grad
 

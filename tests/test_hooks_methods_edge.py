@@ -435,3 +435,17 @@ def test_no_graph_upstream_of_the_layer() -> None:
     assert id(acts) in leaves
     assert leaves <= downstream | {id(acts)}
     assert not leaves & upstream
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_k_targets_for_one_image_cost_one_forward(net: EdgeNet, x: Tensor, method: str) -> None:
+    """K classes for one image: one forward of one image (guided Grad-CAM: two), K backwards."""
+    METHODS[method](net, x[:1], LAYER, 0)  # CAM's head search (one extra forward) is cached now
+    calls = []
+    handle = net.features[0].register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        maps = METHODS[method](net, x[:1], LAYER, [1, 2, 3, 4])
+    finally:
+        handle.remove()
+    assert maps.shape[0] == 4
+    assert calls == ([1, 1] if method == "guided_gradcam" else [1]), calls  # batch sizes of the forwards

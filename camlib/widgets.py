@@ -292,7 +292,8 @@ class Explorer:
         if self.current_map is None:
             rgb = self._picture_rgb
         else:
-            rgb = self._painter(self.current_map, self.opacity_control.value)
+            with _torch_threads(1):  # small per-pixel ops, same bits on any thread count, no waiting
+                rgb = self._painter(self.current_map, self.opacity_control.value)
         self.image_widget.value = encode(rgb, self.image_format)
 
     def _on_change(self, _change: dict) -> None:
@@ -300,8 +301,7 @@ class Explorer:
             self.update()
 
     def _on_opacity(self, _change: dict) -> None:
-        with _torch_threads(self.threads):
-            self.redraw()
+        self.redraw()
 
     def _on_search(self, change: dict) -> None:
         c = self._label_to_class.get(change["new"])

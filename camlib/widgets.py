@@ -11,8 +11,10 @@ its observer, so code (and tests) can set ``ex.class_control.value = 285`` and r
 is cached: the CAM of every class is one einsum over the feature layer; per layer one forward pass
 keeps the activations and the graph above the layer, so a new class costs one backward through the
 top of the network, and each (layer, class) gradient is computed once. The picture is an
-``ipywidgets.Image`` holding JPEG (or PNG) bytes of :func:`camlib.overlay`'s picture, so no matplotlib figure is
-redrawn and nothing beyond core ipywidgets (7.7 on Colab, 8.x elsewhere) is needed.
+``ipywidgets.Image`` holding JPEG (or PNG) bytes of :func:`camlib.overlay`'s result (computed
+with its colormap table kept, on one thread), so no matplotlib figure is redrawn and nothing
+beyond core ipywidgets (7.7 on Colab, 8.x elsewhere) is needed. On a CPU that other processes
+keep busy, ``Explorer(..., threads=1)`` makes every move several times faster.
 
 >>> ex = Explorer(camlib.load_model("efficientnet_lite0"), "chelsea")  # doctest: +SKIP
 >>> ex  # the last expression of a cell displays the widget            # doctest: +SKIP

@@ -10,9 +10,10 @@ lies fully inside the image, and its mask is exactly the set of pixels it paints
 (torch.Size([8, 3, 64, 64]), torch.Size([8]), torch.Size([8, 64, 64]))
 
 Same seed, same data: all randomness comes from a private ``torch.Generator`` on
-the CPU (uniform draws only), the global random state is never touched, and the
-per-pixel work uses only additions, multiplications and comparisons, so no
-platform-dependent maths decides whether a pixel belongs to the object.
+the CPU (uniform draws and a permutation), the global random state is never
+touched, and the per-pixel work uses only correctly rounded arithmetic (+, -, ×, ÷)
+and comparisons, no sin/cos/exp, so no platform-dependent maths decides whether a
+pixel belongs to the object.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CLASSES", "shapes", "render"]
+__all__ = ["CLASSES", "shapes", "sample_params", "render"]
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
 
@@ -79,7 +80,9 @@ def _colors(g: torch.Generator, shape: tuple[int, ...]) -> Tensor:
     return rgb.scatter(-1, channel[..., None], extreme[..., None])
 
 
-def _draw_params(n: int, size: int, seed: int, strokes: int) -> dict[str, Tensor]:
+def sample_params(n: int, size: int, seed: int, strokes: int = 4) -> dict[str, Tensor]:
+    """Draw every random choice of :func:`shapes` (labels, radius, centre, direction, colours,
+    background noise, strokes) from a private generator; :func:`render` turns them into pixels."""
     g = torch.Generator().manual_seed(seed)
     k = len(CLASSES)
     labels = (torch.arange(n) % k)[torch.randperm(n, generator=g)]
@@ -160,7 +163,7 @@ def shapes(n: int, size: int = 64, seed: int = 0, strokes: int = 4) -> tuple[Ten
         (indices into :data:`CLASSES`) and ``masks`` ``(n, size, size)`` bool, True
         on exactly the pixels the object covers.
     """
-    params = _draw_params(n, size, seed, strokes)
+    params = sample_params(n, size, seed, strokes)
     images, masks = [], []
     for start in range(0, n, _CHUNK):
         part = {key: val[start : start + _CHUNK] for key, val in params.items()}

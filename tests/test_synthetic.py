@@ -47,7 +47,7 @@ def test_masks_nonempty_inside_and_exact(data):
     assert masks.flatten(1).sum(1).min() >= 30  # every object covers a visible area
     border = masks[:, 0].any() | masks[:, -1].any() | masks[:, :, 0].any() | masks[:, :, -1].any()
     assert not border  # the object lies fully inside the image
-    params = synthetic._draw_params(100, 64, 7, 4)
+    params = synthetic.sample_params(100, 64, 7, 4)
     again, background, m2 = synthetic.render(params, 64)
     assert torch.equal(again, images) and torch.equal(m2, masks)
     # Outside the mask the image is exactly the background; on it, every pixel differs clearly.
@@ -96,7 +96,7 @@ def _polygon(name: str, r: float) -> np.ndarray:
 
 def test_masks_match_independent_geometry():
     n, size = 50, 64
-    params = synthetic._draw_params(n, size, 11, 4)
+    params = synthetic.sample_params(n, size, 11, 4)
     _, _, masks = synthetic.render(params, size)
     centres = np.stack(np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="xy"), -1).reshape(-1, 2)
     for i in range(n):

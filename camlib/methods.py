@@ -32,6 +32,9 @@ __all__ = [
     "layer_gradients",
     "gradcam",
     "gradcam_pp",
+    "gradcam_pp_weights",
+    "gradcam_weights",
+    "weighted_map",
     "guided_backprop",
     "guided_gradcam",
 ]
@@ -173,10 +176,26 @@ def gradcam(
     explanations): regions whose removal would *raise* the class score.
     """
     acts, grads, _ = layer_gradients(net, x, layer, targets, output)
+    return weighted_map(gradcam_weights(grads, counterfactual), acts)
+
+
+def gradcam_weights(grads: Tensor, counterfactual: bool = False) -> Tensor:
+    r"""Grad-CAM's channel weights :math:`\alpha_k = \pm\frac{1}{Z}\sum_{ij} g_{ij}` from gradients ``(B, K, h, w)``."""
     alpha = grads.mean(dim=(2, 3))
-    if counterfactual:
-        alpha = -alpha
-    return torch.relu(torch.einsum("bk,bkhw->bhw", alpha, acts))
+    return -alpha if counterfactual else alpha
+
+
+def gradcam_pp_weights(acts: Tensor, grads: Tensor) -> Tensor:
+    r"""Grad-CAM++'s channel weights :math:`w_k = \sum_{ij} \alpha_{ij} \mathrm{ReLU}(g_{ij})` (Eq. 19 closed form)."""
+    g2 = grads * grads
+    denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grads
+    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g2))
+    return (alpha * torch.relu(grads)).sum(dim=(2, 3))
+
+
+def weighted_map(weights: Tensor, acts: Tensor) -> Tensor:
+    r""":math:`\mathrm{ReLU}(\sum_k w_k A^k)` for weights ``(B, K)`` and activations ``(B, K, h, w)``."""
+    return torch.relu(torch.einsum("bk,bkhw->bhw", weights, acts))
 
 
 def gradcam_pp(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
@@ -191,12 +210,8 @@ def gradcam_pp(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None,
 
     with :math:`\alpha = 0` where the denominator is 0.
     """
-    acts, g, _ = layer_gradients(net, x, layer, targets, output)
-    g2 = g * g
-    denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * g
-    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g))
-    weights = (alpha * torch.relu(g)).sum(dim=(2, 3))
-    return torch.relu(torch.einsum("bk,bkhw->bhw", weights, acts))
+    acts, grads, _ = layer_gradients(net, x, layer, targets, output)
+    return weighted_map(gradcam_pp_weights(acts, grads), acts)
 
 
 class _GuidedClamp(torch.autograd.Function):

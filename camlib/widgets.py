@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .data import load_image
 from .hooks import capture, eval_mode, forward_with_grad_at, layer_names, resolve_layer
-from .methods import cam
+from .methods import cam, gradcam_pp_weights, gradcam_weights, weighted_map
 
 __all__ = ["METHODS", "Explorer", "default_layers", "encode"]
 
@@ -248,15 +248,10 @@ class Explorer:
             return self._all_cams[target]
         acts, g = self.gradients(layer, target)
         if method == "Grad-CAM++":
-            g2 = g * g
-            denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * g
-            alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
-            weights = (alpha * torch.relu(g)).sum(dim=(2, 3))
+            weights = gradcam_pp_weights(acts, g)
         else:
-            weights = g.mean(dim=(2, 3))
-            if method == "Counterfactual":
-                weights = -weights
-        return torch.relu(torch.einsum("bk,bkhw->bhw", weights, acts))[0]
+            weights = gradcam_weights(g, counterfactual=method == "Counterfactual")
+        return weighted_map(weights, acts)[0]
 
     def reference(self) -> Tensor:
         """The same map as ``current_map`` computed from scratch by the camlib function (slow; for checks)."""

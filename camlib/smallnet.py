@@ -145,7 +145,9 @@ def fit(
     to almost 0 along a half cosine (``torch.optim.lr_scheduler.OneCycleLR``).
 
     Seeded and deterministic: the batch order comes from a private generator, and
-    nothing else is random. Shows a tqdm progress bar (a widget in Jupyter).
+    nothing else is random, so the same call on the same device with the same number
+    of threads gives the same weights (other thread counts round differently).
+    Shows a tqdm progress bar (a widget in Jupyter).
     After each epoch ``on_epoch_end(epoch, net)`` may return extra numbers to record
     (the net is in train mode; evaluate under ``torch.no_grad()`` / eval mode).
 

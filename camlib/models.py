@@ -239,3 +239,12 @@ def load_model(name: str = "efficientnet_lite0", device: str | torch.device | No
     model = _LOADERS[name]()
     model.net.eval().to(get_device() if device is None else torch.device(device))
     return model
+
+
+def __getattr__(name: str) -> Any:
+    # SmallGapNet lives in camlib.smallnet, which imports LoadedModel from here: load it on first use.
+    if name in ("SmallGapNet", "SmallFlatNet"):
+        from . import smallnet
+
+        return getattr(smallnet, name)
+    raise AttributeError(f"module 'camlib.models' has no attribute {name!r}")

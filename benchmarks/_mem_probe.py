@@ -86,6 +86,13 @@ def release(held: Any) -> None:
             obj.__exit__(None, None, None)
 
 
+def problem(batch: int, size: int) -> tuple[torch.nn.Module, torch.Tensor, list[int]]:
+    """The benchmark's seeded inputs: resnet50(weights=None), a random batch, one distinct class per image."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50(weights=None).eval()
+    return net, torch.randn(batch, 3, size, size), [(37 * i) % 1000 for i in range(batch)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("library", choices=LIBRARIES)
@@ -97,10 +104,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    net = torchvision.models.resnet50(weights=None).eval()
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    targets = [(37 * i) % 1000 for i in range(args.batch)]
+    net, x, targets = problem(args.batch, args.size)
     call = make_call(args.library, net, args.layer, targets)
     gc.collect()
     base = _status_mib("VmRSS")

@@ -31,12 +31,11 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _mem_probe import make_call, release  # noqa: E402
+from _mem_probe import make_call, problem, release  # noqa: E402
 
 import camlib  # noqa: E402
 
@@ -114,10 +113,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    net = torchvision.models.resnet50(weights=None).eval()
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    targets = [(37 * i) % 1000 for i in range(args.batch)]
+    net, x, targets = problem(args.batch, args.size)
     calls = build_calls(net, args.layer, targets, args.size)
     print(
         f"resnet50(weights=None), {args.layer}, batch {args.batch}, {args.size}x{args.size}, CPU, "

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .device import exact
 from .hooks import Layer, capture, eval_mode, forward_with_grad_at, logits_of
 from .targets import Targets, class_indices, is_many, scores
 from .viz import normalize, upsample
@@ -107,6 +108,7 @@ def _cam_parts(model: Any, x: Tensor, output: Output) -> tuple[nn.Module, str, n
     return model.net, model.feature_layer, model.fc
 
 
+@exact
 def cam(model: Any, x: Tensor, targets: Targets = None, output: Output = None) -> Tensor:
     r"""Class activation maps (Zhou et al. 2016, arXiv:1512.04150), raw.
 
@@ -136,6 +138,7 @@ def _many(targets: Targets, logits: Tensor) -> Tensor:
     return class_indices(logits.expand(idx.numel(), -1), idx)
 
 
+@exact
 def layer_gradients(
     net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -276,6 +279,7 @@ class _GuidedMode(TorchFunctionMode):
         return _GuidedClamp.apply(args[0], *spec)
 
 
+@exact
 def guided_backprop(net: nn.Module, x: Tensor, targets: Targets = None, output: Output = None) -> Tensor:
     r"""Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806), ``(B, C, H, W)``.
 

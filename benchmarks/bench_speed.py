@@ -5,14 +5,18 @@
     python benchmarks/bench_speed.py --device cuda --cases resnet50:1 --repeat 21
 
 Every row is one model and batch at 224 px: torchvision ``resnet50(weights=None)`` (seeded) at
-``layer4`` and EfficientNet-Lite0 (real weights) at ``bn2``, one target class per image. Columns, in
-milliseconds (median of ``--repeat`` interleaved rounds, after warm-up): a plain eager fp32 forward
-on the contiguous input under ``no_grad`` (the yardstick; on CUDA with TF32 off, as camlib runs), on
-CUDA the same forward with PyTorch's default TF32 convolutions and a bf16-autocast forward, ``camlib.gradcam`` as it runs by default, with ``amp=True`` (CUDA:
-bf16 autocast for the forward, the map's arithmetic in fp32), ``camlib.gradcam_pp(amp=True)``,
-pytorch-grad-cam's and torchcam's GradCAM. Ratios are to the fp32 forward. On CUDA the peak memory
-of each call over the model and input (``torch.cuda.max_memory_allocated``) is printed too; CPU
-memory is in ``bench_methods.py``.
+``layer4`` and EfficientNet-Lite0 (real weights) at ``bn2``, one target class per image. Columns,
+in milliseconds (median of ``--repeat`` interleaved rounds, after warm-up):
+
+- a plain eager fp32 forward on the contiguous input under ``no_grad`` (the yardstick; on CUDA
+  with TF32 off, as camlib runs); on CUDA also the same forward with PyTorch's default TF32
+  convolutions and a bf16-autocast forward;
+- ``camlib.gradcam`` as it runs by default; on CUDA also with ``amp=True`` (bf16 autocast for the
+  forward, the map's arithmetic in fp32) and ``camlib.gradcam_pp(amp=True)``;
+- pytorch-grad-cam's and torchcam's GradCAM.
+
+Ratios are to the fp32 forward. On CUDA the peak memory of each call over the model and input
+(``torch.cuda.max_memory_allocated``) is printed too; CPU memory is in ``bench_methods.py``.
 
 Then the accuracy of ``amp=True`` against fp32 on the real model and the sample photos: max
 relative difference, Spearman rank correlation and whether any map has a NaN.

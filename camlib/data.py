@@ -100,6 +100,10 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
             f"No sample image named {text!r} in {data_dir()}.{hint} "
             f"Samples: {', '.join(samples)}; or pass a path to an image file."
         )
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)[:5]
+        hint = f" Images in it: {', '.join(inside)}." if inside else " It holds no image files."
+        raise IsADirectoryError(f"{path} is a folder, not an image file: give the path of one image.{hint}")
     raise FileNotFoundError(f"Image file not found: {path} (give an existing path or a sample name)")
 
 
@@ -115,10 +119,15 @@ def load_image(name_or_path: str | os.PathLike | Image.Image) -> Image.Image:
     Raises:
         FileNotFoundError: a path that does not exist (the message names it), or an
             unknown sample name (the message suggests the nearest sample names).
+        IsADirectoryError: a folder (the message lists images in it).
+        OSError: a file that is not an image or is cut off (the message names the file).
     """
     if isinstance(name_or_path, Image.Image):
         return to_rgb(name_or_path)
     path = _resolve(name_or_path)
-    with Image.open(path) as im:
-        im.load()
-        return to_rgb(ImageOps.exif_transpose(im))
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(ImageOps.exif_transpose(im))
+    except OSError as e:  # PIL's UnidentifiedImageError too; a truncated file says only "Truncated File Read"
+        raise OSError(f"Cannot read the image {path}: {e}. Is the file complete (not cut off) and an image?") from e

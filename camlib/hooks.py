@@ -27,6 +27,7 @@ __all__ = [
     "layer_names",
     "logits_of",
     "forward_with_grad_at",
+    "as_module",
 ]
 
 Layer = str | nn.Module
@@ -34,6 +35,22 @@ Layer = str | nn.Module
 
 class LayerError(ValueError):
     """A layer name or module that is unknown, or whose output is not a feature map."""
+
+
+def as_module(model: Any) -> nn.Module:
+    """The ``nn.Module`` of ``model``: the module itself, or ``model.net`` for a :class:`camlib.LoadedModel`.
+
+    Raises:
+        TypeError: neither, with what was given.
+    """
+    if isinstance(model, nn.Module):
+        return model
+    net = getattr(model, "net", None)
+    if isinstance(net, nn.Module):
+        return net
+    raise TypeError(
+        f"Expected a network (torch.nn.Module) or what camlib.load_model returns, got {type(model).__name__}."
+    )
 
 
 def resolve_layer(net: nn.Module, layer: Layer) -> tuple[str, nn.Module]:
@@ -100,6 +117,7 @@ def capture(net: nn.Module, layer: Layer, eval: bool = True) -> Iterator[Capture
     The model is put in eval mode (unless ``eval=False``); on exit the hook is
     removed and every submodule's train/eval flag restored, even after an exception.
     """
+    net = as_module(net)
     name, module = resolve_layer(net, layer)
     cap = Capture(name, module)
 
@@ -130,20 +148,22 @@ def layer_names(
 ) -> list[str]:
     """Dotted names of the layers whose output is a spatial feature map, in forward order.
 
-    A feature map is a 4-D tensor ``(B, C, h, w)`` with ``h * w > 1``. One forward
-    pass on ``x`` (default: zeros of ``size``) finds them; hooks are removed after.
-    ``max_depth`` keeps names with at most that many dots (``1``: ``"blocks.3"``,
-    ``"layer4"``), handy for a dropdown.
+    A feature map is a 4-D tensor ``(B, C, h, w)`` with ``h * w > 1``. One forward pass on
+    ``x`` (default: zeros of ``size``) finds them; hooks are removed after. A module called
+    more than once per forward (a ReLU shared inside a ResNet block, ``layer1.0.relu``) is
+    left out: its output is not one map, and :func:`camlib.gradcam` refuses it. ``max_depth``
+    keeps names with at most that many dots (``1``: ``"blocks.3"``, ``"layer4"``), handy for a
+    dropdown. ``net`` may also be a :class:`camlib.LoadedModel`.
     """
+    net = as_module(net)
     x = _example_input(net, size) if x is None else x
-    found: list[str] = []
+    calls: dict[str, list[bool]] = {}  # name -> one flag per call: was the output a feature map?
     handles = []
 
     def make(name: str) -> Callable[..., None]:
         def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-            if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
-                if name not in found:
-                    found.append(name)
+            spatial = isinstance(out, Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
+            calls.setdefault(name, []).append(spatial)
 
         return hook
 
@@ -156,7 +176,7 @@ def layer_names(
         finally:
             for h in handles:
                 h.remove()
-    return found
+    return [name for name, flags in calls.items() if flags == [True]]
 
 
 def logits_of(out: Any, output: Callable[[Any], Tensor] | None = None) -> Tensor:
@@ -179,6 +199,20 @@ def logits_of(out: Any, output: Callable[[Any], Tensor] | None = None) -> Tensor
     )
 
 
+def _shrunk_to_one(module: nn.Module, inp: Any, out: Any) -> bool:
+    """True when a layer that is not a pooling took a larger map down to 1×1: the input is too small."""
+    first = inp[0] if isinstance(inp, tuple) and inp and isinstance(inp[0], Tensor) else None
+    return (
+        isinstance(out, Tensor)
+        and out.dim() == 4
+        and out.shape[-2] * out.shape[-1] == 1
+        and first is not None
+        and first.dim() == 4
+        and first.shape[-2] * first.shape[-1] > 1
+        and "Pool" not in type(module).__name__
+    )
+
+
 def forward_with_grad_at(
     net: nn.Module, x: Tensor, layer: Layer, output: Callable[[Any], Tensor] | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -196,10 +230,17 @@ def forward_with_grad_at(
             with ``h * w > 1``, the layer is not called, or it is called twice.
         TypeError: the model returns a tuple/dict and no ``output=`` picks the logits.
     """
+    net = as_module(net)
     name, module = resolve_layer(net, layer)
     store: dict[str, Tensor] = {}
 
-    def hook(_mod: nn.Module, _inp: Any, out: Any) -> Tensor:
+    def hook(_mod: nn.Module, inp: Any, out: Any) -> Tensor:
+        if _shrunk_to_one(module, inp, out):
+            raise LayerError(
+                f"Layer {name!r} outputs a 1×1 map for this {x.shape[-2]}×{x.shape[-1]} input: the input is "
+                "too small for a map at this layer. Give a larger input (e.g. the 224×224 the net was "
+                "trained on) or an earlier layer; camlib.layer_names(net, x=x) lists those with a map."
+            )
         if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1):
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise LayerError(

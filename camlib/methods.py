@@ -12,6 +12,7 @@ A batch of *one* image with a sequence of K classes gives K maps from one forwar
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -22,13 +23,14 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .device import exact
-from .hooks import Layer, capture, eval_mode, forward_with_grad_at, logits_of
-from .targets import Targets, class_indices, is_many, scores
+from .hooks import Layer, as_module, eval_mode, forward_with_grad_at, logits_of, resolve_layer
+from .targets import Targets, check_kind, class_indices, is_many, scores
 from .viz import normalize, upsample
 
 __all__ = [
     "CamError",
     "find_gap_head",
+    "pooled_features",
     "cam",
     "layer_gradients",
     "gradcam",
@@ -47,22 +49,39 @@ class CamError(ValueError):
     """CAM asked of a network whose head is not global average pooling + linear."""
 
 
+# net -> (feature_layer, fc) found by find_gap_head; every cam() call checks it still holds
 _heads: weakref.WeakKeyDictionary[nn.Module, tuple[str, nn.Linear]] = weakref.WeakKeyDictionary()
+
+_NO_HEAD = (
+    "{net} has no global-average-pooling + linear head, so CAM (Zhou et al. 2016) is not defined "
+    "for it. Use camlib.gradcam(net, x, layer), which works on any CNN and equals ReLU(CAM)/Z where "
+    "CAM exists."
+)
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """``a == b`` up to float rounding (relative to ``b``'s largest magnitude), shapes included."""
+    if a.shape != b.shape:
+        return False
+    tol = max(1e-4, 64 * torch.finfo(b.dtype).eps) if b.is_floating_point() else 0.0
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return bool(torch.allclose(a.to(b.dtype), b, rtol=tol, atol=0.1 * tol * scale))
 
 
 def find_gap_head(net: nn.Module, x: Tensor, output: Output = None) -> tuple[str, nn.Linear]:
     """Find ``(feature_layer, fc)`` of a net whose head is GAP followed by one linear layer.
 
-    One forward of ``x[:1]`` records every module's output; the head is accepted when
-    the last linear layer's output is the logits and its input equals the spatial
-    mean of an earlier ``(1, K, h, w)`` output (the feature layer). Cached per net.
+    One forward of ``x[:1]`` records every module's output; the head is accepted when the
+    last linear layer's output is the logits and its input equals the spatial mean of an
+    earlier ``(1, K, h, w)`` output with ``h * w > 1`` (the feature layer; the output as it
+    is when pooled, so an in-place ReLU after the layer, as in DenseNet, counts). Cached per
+    net; :func:`cam` checks the cached head on every call and looks again when it no longer
+    holds (a new ``fc``, another input size).
 
     Raises:
         CamError: no such head; use :func:`gradcam`, which works on any CNN.
     """
-    if net in _heads:
-        return _heads[net]
-    seen: list[tuple[str, Tensor]] = []
+    seen: list[tuple[str, Tensor, bool]] = []  # (name, output as it is after the forward, input spatial?)
     linear_io: list[tuple[str, nn.Linear, Tensor, Tensor]] = []
 
     def make(name: str, module: nn.Module) -> Callable[..., None]:
@@ -70,7 +89,9 @@ def find_gap_head(net: nn.Module, x: Tensor, output: Output = None) -> tuple[str
             if isinstance(module, nn.Linear):
                 linear_io.append((name, module, inp[0].detach(), out.detach()))
             elif isinstance(out, Tensor) and out.dim() == 4:
-                seen.append((name, out.detach()))
+                first = inp[0] if inp and isinstance(inp[0], Tensor) else None
+                spatial_in = first is not None and first.dim() == 4 and first.shape[-2] * first.shape[-1] > 1
+                seen.append((name, out.detach(), spatial_in))  # an alias: sees later in-place ops
 
         return hook
 
@@ -81,31 +102,107 @@ def find_gap_head(net: nn.Module, x: Tensor, output: Output = None) -> tuple[str
     finally:
         for h in handles:
             h.remove()
-    explain = (
-        f"{type(net).__name__} has no global-average-pooling + linear head, so CAM "
-        "(Zhou et al. 2016) is not defined for it. Use camlib.gradcam(net, x, layer), "
-        "which works on any CNN and equals ReLU(CAM)/Z where CAM exists."
-    )
-    if not linear_io or not torch.allclose(linear_io[-1][3], logits, atol=1e-5):
+    explain = _NO_HEAD.format(net=type(net).__name__)
+    if not linear_io or not _same(linear_io[-1][3], logits):
         raise CamError(explain + " (The logits are not the output of a final nn.Linear.)")
     fc_name, fc, fc_in, _ = linear_io[-1]
     matches = [
-        (name, a)
-        for name, a in seen
-        if a.shape[1] == fc.in_features and torch.allclose(a.mean((2, 3)), fc_in.flatten(1), atol=1e-5, rtol=1e-4)
+        (n, a, s) for n, a, s in seen if a.shape[1] == fc.in_features and _same(a.mean((2, 3)), fc_in.flatten(1))
     ]
+    spatial = [n for n, a, _ in matches if a.shape[2] * a.shape[3] > 1]
+    if not spatial:
+        raise CamError(_why_no_spatial_match(explain, fc_name, matches, tuple(x.shape[-2:])))
+    _heads[net] = (spatial[-1], fc)
+    return spatial[-1], fc
+
+
+def _why_no_spatial_match(explain: str, fc: str, matches: list[tuple[str, Tensor, bool]], size: tuple) -> str:
+    """The CamError message when no feature map with ``h * w > 1`` feeds ``fc`` through a mean."""
     if not matches:
-        raise CamError(explain + f" (The input of {fc_name!r} is not the spatial mean of any feature map.)")
-    spatial = [m for m in matches if m[1].shape[2] * m[1].shape[3] > 1]
-    name = (spatial or matches)[-1][0]
-    _heads[net] = (name, fc)
-    return name, fc
+        return explain + f" (The input of {fc!r} is not the spatial mean of any feature map.)"
+    shrinks = [n for n, _, spatial_in in matches if spatial_in]
+    if shrinks:  # a strided layer took a larger map down to 1x1: the input is too small for this net
+        return (
+            f"At this {size[0]}×{size[1]} input, {shrinks[0]!r} of the GAP + linear head is already 1×1: "
+            "a class activation map needs more than one position. Give a larger input, e.g. the "
+            "224×224 the net was trained on."
+        )
+    return explain + (
+        f" (The input of {fc!r} is a 1×1 map, {matches[0][0]!r}, computed after global pooling, e.g. a "
+        "LayerNorm as in ConvNeXt, not the spatial mean of a feature map.)"
+    )
 
 
-def _cam_parts(model: Any, x: Tensor, output: Output) -> tuple[nn.Module, str, nn.Linear]:
-    if isinstance(model, nn.Module):
-        return (model, *find_gap_head(model, x, output))
-    return model.net, model.feature_layer, model.fc
+class _HeadMismatch(CamError):
+    """The given (feature_layer, fc) is not this forward's GAP + linear head (any more)."""
+
+
+def pooled_features(
+    net: nn.Module, x: Tensor, layer: Layer, fc: nn.Linear, output: Output = None
+) -> tuple[Tensor, Tensor]:
+    """``(F, logits)``: the feature map ``F`` (B, K, h, w) that global average pooling reduces, checked.
+
+    ``F`` is ``layer``'s output as the pooling sees it: taken when the layer returns, or, if an
+    in-place op changes it afterwards (DenseNet's ``F.relu(features, inplace=True)``), after the
+    forward. Checked: ``fc`` runs once, its output is the logits and its input is
+    :math:`\\frac{1}{hw}\\sum_{ij} F_{ij}` with ``h * w > 1``, so :math:`\\mathrm{mean}(M_c) + b_c = y_c`.
+
+    Raises:
+        CamError: ``layer`` and ``fc`` are not this net's GAP + linear head for this input.
+    """
+    name, module = resolve_layer(net, layer)
+    outs: list[tuple[Tensor, Tensor]] = []
+    fcs: list[tuple[Tensor, Tensor]] = []
+
+    def at_layer(_m: nn.Module, _i: Any, out: Any) -> None:
+        if isinstance(out, Tensor):
+            outs.append((out.detach(), out.detach().clone()))  # alias (sees in-place ops after), copy
+
+    def at_fc(_m: nn.Module, inp: Any, out: Any) -> None:
+        fcs.append((inp[0].detach().clone(), out.detach()))
+
+    handles = [module.register_forward_hook(at_layer), fc.register_forward_hook(at_fc)]
+    try:
+        with eval_mode(net), torch.no_grad():
+            logits = logits_of(net(x), output)
+    finally:
+        for h in handles:
+            h.remove()
+    return _check_head(name, outs, fcs, logits, tuple(x.shape[-2:])), logits
+
+
+def _check_head(
+    name: str, outs: list[tuple[Tensor, Tensor]], fcs: list[tuple[Tensor, Tensor]], logits: Tensor, size: tuple
+) -> Tensor:
+    if len(outs) != 1 or len(fcs) != 1 or outs[0][0].dim() != 4 or not _same(fcs[0][1], logits):
+        raise _HeadMismatch(
+            f"{name!r} and the linear layer are not this net's GAP + linear head (each must run once, the "
+            "linear layer's output must be the logits and the layer's output a (B, K, h, w) map)."
+        )
+    pooled = fcs[0][0].flatten(1)
+    feats = next((f for f in outs[0][::-1] if _same(f.mean((2, 3)), pooled)), None)
+    if feats is None:
+        raise _HeadMismatch(f"The linear layer's input is not the spatial mean of {name!r}'s output.")
+    if feats.shape[-2] * feats.shape[-1] == 1:
+        raise CamError(
+            f"{name!r} outputs a 1×1 map for this {size[0]}×{size[1]} input: a class activation map needs "
+            "more than one position. Give a larger input, e.g. the 224×224 the net was trained on."
+        )
+    return feats
+
+
+def _cam_features(model: Any, x: Tensor, output: Output) -> tuple[Tensor, Tensor, nn.Linear]:
+    """(pooled features, logits, fc) for a LoadedModel or a bare net (head found, cached, re-checked)."""
+    if not isinstance(model, nn.Module):
+        return (*pooled_features(model.net, x, model.feature_layer, model.fc, output), model.fc)
+    cached = _heads.get(model)
+    if cached is not None:
+        try:
+            return (*pooled_features(model, x, *cached, output), cached[1])
+        except _HeadMismatch:
+            del _heads[model]  # the net changed (a new fc, another input size): look again
+    layer, fc = find_gap_head(model, x, output)
+    return (*pooled_features(model, x, layer, fc, output), fc)
 
 
 @exact
@@ -114,15 +211,16 @@ def cam(model: Any, x: Tensor, targets: Targets = None, output: Output = None) -
 
     .. math:: M_c(i, j) = \sum_k w^c_k \, f_k(i, j)
 
-    where :math:`f_k` is the last feature map (before global average pooling) and
+    where :math:`f_k` is the last feature map, as global average pooling sees it, and
     :math:`w^c` the linear layer's row for class :math:`c`; no ReLU, no bias, no
-    normalisation. ``model`` is what :func:`camlib.load_model` returns or any
-    ``nn.Module`` with a GAP + linear head (found automatically). Returns ``(B, h, w)``.
+    normalisation, so :math:`\frac{1}{hw}\sum_{ij} M_c(i, j) + b_c = y_c` (checked on every
+    call). ``model`` is what :func:`camlib.load_model` returns or any ``nn.Module`` with a
+    GAP + linear head (found automatically). Returns ``(B, h, w)``.
+
+    Raises:
+        CamError: no GAP + linear head, or a 1×1 feature map (input too small).
     """
-    net, layer, fc = _cam_parts(model, x, output)
-    with capture(net, layer) as cap, torch.no_grad():
-        logits = logits_of(net(x), output)
-    feats = cap.activation
+    feats, logits, fc = _cam_features(model, x, output)
     if feats.shape[0] == 1 and is_many(targets):
         idx = _many(targets, logits)
         feats = feats.expand(idx.numel(), *feats.shape[1:])
@@ -134,6 +232,7 @@ def cam(model: Any, x: Tensor, targets: Targets = None, output: Output = None) -
 
 def _many(targets: Targets, logits: Tensor) -> Tensor:
     """K class indices for the one image of ``logits`` (1, C), range-checked."""
+    check_kind(targets)
     idx = torch.as_tensor(targets, device=logits.device).reshape(-1)
     return class_indices(logits.expand(idx.numel(), -1), idx)
 
@@ -150,6 +249,7 @@ def layer_gradients(
     batch of one image with K targets, returns K rows (one forward, K backwards
     through the part of the net after the layer).
     """
+    net = as_module(net)
     with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
         acts, logits = forward_with_grad_at(net, x, layer, output)
         if x.shape[0] == 1 and is_many(targets):
@@ -262,6 +362,10 @@ def _relu_family(func: Any, args: tuple, kwargs: dict) -> tuple[float, float | N
     return None
 
 
+_UNGUIDED = {F.silu: "SiLU", F.gelu: "GELU", F.hardswish: "Hardswish", F.mish: "Mish", F.elu: "ELU"}
+_UNGUIDED |= {F.leaky_relu: "LeakyReLU", F.softplus: "Softplus", F.selu: "SELU"}
+
+
 class _GuidedMode(TorchFunctionMode):
     """Inside this mode every ReLU-family call runs as :class:`_GuidedClamp`.
 
@@ -269,14 +373,52 @@ class _GuidedMode(TorchFunctionMode):
     ``F.hardtanh``), functions (``F.relu``, ``torch.relu``, ``F.relu6``,
     ``F.hardtanh(x, 0, t)``) and tensor methods (``x.relu()``, ``x.relu_()``), in-place
     or not. No hook is registered, so nothing can be left behind on the model.
+    ``guided`` counts the activations replaced, ``others`` names the activations it left alone.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.guided = 0
+        self.others: set[str] = set()
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         spec = _relu_family(func, args, kwargs)
         if spec is None:
+            if func in _UNGUIDED:
+                self.others.add(_UNGUIDED[func])
             return func(*args, **kwargs)
+        self.guided += 1
         return _GuidedClamp.apply(args[0], *spec)
+
+
+def _check_guidable(net: nn.Module) -> None:
+    """Refuse TorchScript: its activations run outside Python, where the guided rule cannot reach."""
+    scripted = next(((n, m) for n, m in net.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:
+        where = f"submodule {scripted[0]!r}" if scripted[0] else "the net"
+        raise TypeError(
+            f"guided_backprop cannot see inside TorchScript ({where} is a {type(scripted[1]).__name__}, from "
+            "torch.jit.script or torch.jit.trace): the result would be the plain input gradient. Pass the "
+            "original nn.Module, before scripting."
+        )
+
+
+def _check_guided(mode: _GuidedMode) -> None:
+    others = ", ".join(sorted(mode.others))
+    if mode.guided == 0:
+        raise ValueError(
+            "guided_backprop found no ReLU-family activation (ReLU, ReLU6, hardtanh(x, 0, t)) in the forward"
+            + (f", only {others}" if others else "")
+            + ": the result would be the plain input gradient. Guided backpropagation is defined for "
+            "ReLU networks; use camlib.gradcam for this one."
+        )
+    if others:
+        warnings.warn(
+            f"guided_backprop: {mode.guided} ReLU-family activations were guided, but {others} pass "
+            "gradients unchanged (the guided rule is defined for ReLU only).",
+            stacklevel=3,
+        )
 
 
 @exact
@@ -294,12 +436,20 @@ def guided_backprop(net: nn.Module, x: Tensor, targets: Targets = None, output: 
     gradient depends on its own score only (eval mode), so a batch gives the same
     rows as separate calls. Nothing is registered on the model.
 
+    Raises:
+        TypeError: a TorchScript module (its activations cannot be guided).
+        ValueError: no ReLU-family activation ran (SiLU or GELU nets); a warning when some
+            other activations (SiLU, Hardswish, ...) ran beside them, unguided.
+
     >>> gb = camlib.guided_backprop(net, x, targets=281)   # doctest: +SKIP
     """
+    net = as_module(net)
+    _check_guidable(net)
     with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
         xg = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
-        with _GuidedMode():
+        with _GuidedMode() as mode:
             logits = logits_of(net(xg), output)
+        _check_guided(mode)
         if x.shape[0] == 1 and is_many(targets):  # one forward, one backward per class
             idx = _many(targets, logits).tolist()
             rows = [torch.autograd.grad(logits[0, c], xg, retain_graph=i < len(idx) - 1)[0] for i, c in enumerate(idx)]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Targets", "class_indices", "is_many", "is_single", "scores"]
+__all__ = ["Targets", "check_kind", "class_indices", "is_many", "is_single", "scores"]
 
 Targets = None | int | Sequence[int] | Tensor | Callable[[Tensor], Tensor]
 
@@ -33,6 +34,7 @@ def class_indices(logits: Tensor, targets: Targets) -> Tensor:
             "targets must be None, an int, or a sequence of ints here (a callable target only works "
             "with the gradient methods: gradcam, gradcam_pp, guided_backprop, guided_gradcam)."
         )
+    check_kind(targets)
     if is_single(targets):
         idx = torch.full((batch,), int(targets), dtype=torch.long, device=logits.device)
     else:
@@ -54,12 +56,27 @@ def class_indices(logits: Tensor, targets: Targets) -> Tensor:
     return idx
 
 
+def check_kind(targets: Targets) -> None:
+    """Refuse what cannot be class indices with a message that says what to pass instead."""
+    if isinstance(targets, str | bytes):
+        raise TypeError(
+            f"targets must be class indices, not the text {targets!r}; to find a class by name use "
+            "model.classes.index(name)."
+        )
+    if isinstance(targets, set | frozenset | dict):
+        raise TypeError(f"targets must be ordered (one class per image): pass a list, not a {type(targets).__name__}.")
+    if not is_single(targets) and np.ndim(targets) == 1 and len(targets) == 0:
+        raise ValueError("targets is empty: give one class index per image, one int for all, or None for top-1.")
+
+
 def is_single(targets: Targets) -> bool:
-    """True for one class index meant for every image: a Python/NumPy int or a 0-d integer tensor."""
+    """True for one class index meant for every image: a Python/NumPy int, a 0-d integer array or tensor."""
     if isinstance(targets, bool):
         return False
-    if isinstance(targets, Tensor):
-        return targets.dim() == 0 and not targets.is_floating_point()
+    if isinstance(targets, Tensor | np.ndarray):
+        return targets.ndim == 0 and not (
+            targets.dtype.is_floating_point if isinstance(targets, Tensor) else np.issubdtype(targets.dtype, np.inexact)
+        )
     return isinstance(targets, numbers.Integral)
 
 

@@ -29,17 +29,26 @@ def upsample(maps: Tensor, size: int | tuple[int, int]) -> Tensor:
     return out[0] if squeeze else out
 
 
-def normalize(maps: Tensor, eps: float = 1e-8) -> Tensor:
-    r"""Per-map min–max scaling to [0, 1]: :math:`(M - \min M) / \max(\max M - \min M, \epsilon)`.
+def normalize(maps: Tensor, eps: float | None = None) -> Tensor:
+    r"""Per-map min–max scaling to [0, 1]: :math:`(M - \min M) / (\max M - \min M)`.
 
-    Works on ``(h, w)`` or ``(B, h, w)`` (any leading dims); each map's minimum goes
-    to 0 and its maximum to 1; a constant map becomes all zeros, never NaN.
+    Works on ``(h, w)`` or ``(B, h, w)`` (any leading dims); each map's minimum goes to 0 and
+    its maximum to 1, whatever the map's scale (``normalize(c * M) == normalize(M)`` for any
+    ``c > 0``, up to rounding; exactly for a power of two). A constant map becomes all zeros,
+    never NaN: a map counts as constant when its range is at most ``eps`` times its largest
+    magnitude (default ``eps``: 16 units in the last place of the dtype, e.g. 1.9e-6 for
+    float32), so the rounding noise of upsampling a constant map is not stretched to [0, 1].
+    A NaN in a map makes that map all NaN; an inf gives NaN where it is.
     """
     flat = maps.flatten(-2)
     flat = flat if flat.is_floating_point() else flat.float()
     lo = flat.min(dim=-1, keepdim=True).values
     hi = flat.max(dim=-1, keepdim=True).values
-    return ((flat - lo) / (hi - lo).clamp_min(eps)).view(maps.shape)
+    rel = 16 * torch.finfo(flat.dtype).eps if eps is None else eps
+    span = hi - lo
+    constant = (span <= rel * torch.maximum(hi.abs(), lo.abs())) & span.isfinite()
+    out = (flat - lo) / torch.where(constant, torch.ones_like(span), span)
+    return torch.where(constant, torch.zeros_like(out), out).view(maps.shape)
 
 
 def to_uint8_rgb(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:

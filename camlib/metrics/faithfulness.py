@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hooks import eval_mode, logits_of
+from ..hooks import as_module, eval_mode, logits_of
 from ..targets import Targets, class_indices
 from ..viz import normalize, upsample
 
@@ -114,8 +114,26 @@ def pixel_saliency(maps: Tensor) -> Tensor:
     return maps
 
 
+def check_finite(maps: Tensor) -> None:
+    """Raise a ValueError naming the first map (image) with a NaN or inf value."""
+    bad = ~torch.isfinite(maps.flatten(1)).all(dim=1)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        nan, inf = int(maps[i].isnan().sum()), int(maps[i].isinf().sum())
+        raise ValueError(
+            f"maps[{i}] (image {i}) has {nan} NaN and {inf} inf values ({int(bad.sum())} of {bad.numel()} maps "
+            "are not finite). A metric of such a map means nothing: find where the map was computed (a "
+            "division by zero, an overflow in half precision) or replace those values yourself."
+        )
+
+
+def check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (images per forward pass), got {batch_size!r}.")
+
+
 def _check_maps(x: Tensor, maps: Tensor) -> tuple[Tensor, Tensor]:
-    """Validate shapes; a batch of one image with K maps is repeated K times."""
+    """Validate shapes and values; a batch of one image with K maps is repeated K times."""
     if x.dim() != 4:
         raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}.")
     if maps.dim() == 2:
@@ -129,6 +147,7 @@ def _check_maps(x: Tensor, maps: Tensor) -> tuple[Tensor, Tensor]:
         x = x.expand(maps.shape[0], *x.shape[1:])
     if maps.shape[0] != x.shape[0]:
         raise ValueError(f"Got {maps.shape[0]} maps for {x.shape[0]} images: give one map per image.")
+    check_finite(maps)
     return x, maps.to(x.device)
 
 
@@ -161,6 +180,8 @@ def _logits(net: nn.Module, batch: Tensor) -> Tensor:
 @torch.no_grad()
 def class_probabilities(net: nn.Module, x: Tensor, classes: Tensor, batch_size: int = 64) -> Tensor:
     """Softmax probability of ``classes[b]`` for image ``x[b]``, in chunks of ``batch_size``, eval mode."""
+    check_batch_size(batch_size)
+    net = as_module(net)
     with eval_mode(net):
         return torch.cat(
             [_probs(net, x[i : i + batch_size], classes[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
@@ -168,17 +189,31 @@ def class_probabilities(net: nn.Module, x: Tensor, classes: Tensor, batch_size: 
 
 
 def _targets_and_y(net: nn.Module, x: Tensor, targets: Targets, batch_size: int) -> tuple[Tensor, Tensor]:
+    check_batch_size(batch_size)
+    net = as_module(net)
     with torch.no_grad(), eval_mode(net):
         logits = torch.cat([_logits(net, x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
     idx = class_indices(logits, targets)
     return idx, logits.softmax(dim=1).gather(1, idx[:, None])[:, 0]
 
 
-def _confidences(net: nn.Module, x: Tensor, maps: Tensor, targets: Targets, batch_size: int) -> tuple[Tensor, Tensor]:
+def _confidences(
+    net: nn.Module, x: Tensor, maps: Tensor, targets: Targets, batch_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(Y, O, classes)``: p(class) on ``x`` and on its explanation image, and the classes followed."""
     x, maps = _check_maps(x, maps)
     idx, y = _targets_and_y(net, x, targets, batch_size)
     o = class_probabilities(net, explanation_image(x, maps), idx, batch_size)
-    return y, o
+    return y, o, idx
+
+
+def _log_confidences(net: nn.Module, x: Tensor, maps: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log Y, log O)`` from log-softmax, finite where the probabilities underflow to 0."""
+    net = as_module(net)
+    with torch.no_grad(), eval_mode(net):
+        log_y = _logits(net, x).log_softmax(1).gather(1, classes[:, None])[:, 0]
+        log_o = _logits(net, explanation_image(x, maps)).log_softmax(1).gather(1, classes[:, None])[:, 0]
+    return log_y, log_o
 
 
 # --------------------------------------------------------------------------- average drop, increase
@@ -194,13 +229,20 @@ def average_drop(net: nn.Module, x: Tensor, maps: Tensor, targets: Targets = Non
     ``targets``: ``None`` = each image's top-1 class on ``x``, an int, or one class per
     image. ``maps``: ``(B, h, w)`` at any resolution (3-channel maps: see
     :func:`pixel_saliency`). Returns a :class:`Score`; ``per_image`` holds each
-    image's term (in %).
+    image's term (in %). Where :math:`Y^c_i` underflows to 0 (a class the model rules
+    out), the term is computed from log-probabilities, :math:`1 - e^{\log O - \log Y}`,
+    so it is defined. A map with a NaN or inf raises a ValueError naming the image.
 
     >>> s = average_drop(model.net, x, camlib.gradcam(model.net, x, "bn2"))  # doctest: +SKIP
     >>> s.value, s.per_image                                                 # doctest: +SKIP
     """
-    y, o = _confidences(net, x, maps, targets, batch_size)
+    y, o, idx = _confidences(net, x, maps, targets, batch_size)
     per = 100.0 * torch.clamp(y - o, min=0) / y
+    under = y == 0  # p(target) underflowed: the same ratio as 1 - O/Y = -expm1(log O - log Y)
+    if under.any():
+        x, maps = _check_maps(x, maps)
+        log_y, log_o = _log_confidences(net, x[under], maps[under], idx[under])
+        per[under] = 100.0 * torch.clamp(-torch.expm1(log_o - log_y), min=0).to(per.dtype)
     return Score("average_drop", float(per.mean()), per)
 
 
@@ -214,7 +256,7 @@ def increase_in_confidence(
     Same inputs as :func:`average_drop`; ``per_image`` is 1.0 where the explanation
     image is *more* confident than the original, else 0.0.
     """
-    y, o = _confidences(net, x, maps, targets, batch_size)
+    y, o, _ = _confidences(net, x, maps, targets, batch_size)
     per = (o > y).float()
     return Score("increase_in_confidence", float(100.0 * per.mean()), per)
 
@@ -282,9 +324,11 @@ def perturbation_curve(
     """
     x, maps = _check_maps(x, maps)
     b, _, h, w = x.shape
+    check_batch_size(batch_size)
     if not 1 <= steps <= h * w:
         raise ValueError(f"steps must be between 1 and the number of pixels ({h * w}), got {steps}.")
     idx, _ = _targets_and_y(net, x, targets, batch_size)
+    net = as_module(net)
     ranks = _ranks(maps, (h, w)).view(b, h, w)
     counts = torch.div(torch.arange(steps + 1, device=x.device) * (h * w), steps, rounding_mode="floor")
     pairs = torch.cartesian_prod(torch.arange(b, device=x.device), torch.arange(steps + 1, device=x.device))

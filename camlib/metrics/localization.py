@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..viz import normalize, upsample
+from .faithfulness import check_finite
 
 __all__ = ["upsample_to", "pointing_game", "mask_iou", "energy_pointing_game"]
 
@@ -31,6 +32,7 @@ def _check(maps: Tensor, masks: Tensor) -> None:
         )
     if masks.dtype != torch.bool:
         raise TypeError(f"masks must be bool (True on the object), got {masks.dtype}.")
+    check_finite(maps)
 
 
 def upsample_to(maps: Tensor, masks: Tensor) -> Tensor:

@@ -15,8 +15,18 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 
 
 def data_dir() -> Path:
-    """The folder with the sample photos (``CAMLIB_DATA`` overrides)."""
-    return Path(os.environ.get("CAMLIB_DATA", Path(__file__).resolve().parent.parent / "data"))
+    """The folder with the sample photos and the small nets' weights.
+
+    ``CAMLIB_DATA`` overrides; else the copy installed with the package (``camlib/_data``,
+    from a wheel: ``pip install .`` or ``pip install git+URL``); else the repository's
+    ``data/`` (an editable install or a checkout on ``sys.path``).
+    """
+    forced = os.environ.get("CAMLIB_DATA", "").strip()
+    if forced:
+        return Path(forced).expanduser()
+    here = Path(__file__).resolve().parent
+    installed = here / "_data"
+    return installed if installed.is_dir() else here.parent / "data"
 
 
 def _samples() -> dict[str, Path]:

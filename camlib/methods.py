@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .device import exact
 from .hooks import Layer, as_module, eval_mode, forward_with_grad_at, logits_of, resolve_layer
 from .targets import Targets, check_kind, class_indices, is_many, scores
 from .viz import normalize, upsample
@@ -204,6 +205,7 @@ def _cam_features(model: Any, x: Tensor, output: Output) -> tuple[Tensor, Tensor
     return (*pooled_features(model, x, layer, fc, output), fc)
 
 
+@exact
 def cam(model: Any, x: Tensor, targets: Targets = None, output: Output = None) -> Tensor:
     r"""Class activation maps (Zhou et al. 2016, arXiv:1512.04150), raw.
 
@@ -235,6 +237,7 @@ def _many(targets: Targets, logits: Tensor) -> Tensor:
     return class_indices(logits.expand(idx.numel(), -1), idx)
 
 
+@exact
 def layer_gradients(
     net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -418,6 +421,7 @@ def _check_guided(mode: _GuidedMode) -> None:
         )
 
 
+@exact
 def guided_backprop(net: nn.Module, x: Tensor, targets: Targets = None, output: Output = None) -> Tensor:
     r"""Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806), ``(B, C, H, W)``.
 

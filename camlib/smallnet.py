@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from .data import data_dir
 from .device import get_device
 from .models import LoadedModel
 from .synthetic import CLASSES
@@ -52,8 +53,8 @@ MEAN, STD = 0.5, 0.25  # of shapes() images, applied inside the nets
 
 
 def weights_dir() -> Path:
-    """The repository's ``data/`` folder, where the trained weights are shipped."""
-    return Path(__file__).resolve().parent.parent / "data"
+    """Where the trained weights are shipped: :func:`camlib.data.data_dir`."""
+    return data_dir()
 
 
 @contextlib.contextmanager

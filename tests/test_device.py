@@ -57,3 +57,29 @@ def test_setup_seeds_prints_and_returns_device(monkeypatch: pytest.MonkeyPatch, 
     torch.testing.assert_close(draws[0], again[0], rtol=0, atol=0)
     np.testing.assert_array_equal(draws[1], again[1])
     assert draws[2] == again[2]
+
+
+def test_full_fp32_switches_tf32_off_inside_and_restores_after() -> None:
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    try:
+        conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
+        with camlib.device.full_fp32():
+            assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+        seen = []
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, 2),
+        )
+        net.register_forward_hook(lambda *_: seen.append(conv.fp32_precision))
+        camlib.gradcam(net, torch.randn(1, 3, 8, 8), "0", targets=0)
+        assert seen == ["ieee"]
+        with pytest.raises(camlib.LayerError):
+            camlib.gradcam(net, torch.randn(1, 3, 8, 8), "nope", targets=0)
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved

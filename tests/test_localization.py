@@ -101,3 +101,20 @@ def test_bad_inputs_raise():
         mask_iou(torch.zeros(4, 4), torch.zeros(4, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool"):
         energy_pointing_game(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4))
+
+
+def test_pointing_game_near_ties_do_not_depend_on_round_off() -> None:
+    # A centred Gaussian on an even grid has four equal maxima; round-off of ~1e-7 (another CPU's
+    # float sums) must not decide which one is "the" maximum: the first in raster order wins.
+    base = camlib.metrics.center_gaussian_map(1, 16)
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    up = camlib.upsample(base, 64)[0]
+    first = int((up >= up.max() - 1e-5 * (up.max() - up.min())).flatten().nonzero()[0])
+    masks.view(1, -1)[0, first] = True
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        noisy = base * (1 + 1e-7 * torch.randn(base.shape, generator=gen))
+        assert pointing_game(noisy, masks).item()
+    clear = base.clone()
+    clear[0, 12, 12] = 2.0  # a clear maximum elsewhere is still found
+    assert not pointing_game(clear, masks).item()

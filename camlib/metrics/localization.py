@@ -48,7 +48,10 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
     .. math:: \mathrm{hit}_b = \big[\arg\max_{p} \hat M_b(p) \in \mathrm{mask}_b\big]
 
     with :math:`\hat M_b` the map upsampled to the mask's size. Ties go to the first
-    maximum in row-major order. ``tolerance`` (pixels, default 0) counts a hit when
+    maximum in row-major order, and values within ``1e-5`` of the maximum (relative to
+    the map's range) count as ties: a symmetric map (a centred Gaussian on an even grid)
+    has several maxima that float round-off would otherwise pick between differently
+    on different CPUs. ``tolerance`` (pixels, default 0) counts a hit when
     the maximum is within that many pixels (Chebyshev distance) of the mask; the
     paper uses 15 pixels on full-size photos. Returns a ``(B,)`` bool tensor.
     """
@@ -56,7 +59,9 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
     if tolerance > 0:
         k = 2 * tolerance + 1
         masks = F.max_pool2d(masks[:, None].float(), k, stride=1, padding=tolerance)[:, 0] > 0
-    flat = up.flatten(1).argmax(dim=1)
+    up = up.flatten(1)
+    lo, hi = up.min(dim=1, keepdim=True).values, up.max(dim=1, keepdim=True).values
+    flat = (up >= hi - 1e-5 * (hi - lo)).byte().argmax(dim=1)  # the first of the (near-)maxima
     return masks.flatten(1).gather(1, flat[:, None])[:, 0]
 
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["get_device", "setup", "full_fp32", "exact"]
+__all__ = ["get_device", "setup", "full_fp32", "exact", "amp_dtype"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,6 +88,25 @@ def exact(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def amp_dtype(device: torch.device, amp: bool | torch.dtype) -> torch.dtype | None:
+    """The reduced precision for ``amp``: ``None`` for ``False`` (float32), the dtype itself, or for
+    ``True`` bfloat16 where the device computes it natively (CUDA from Ampere on, the CPU),
+    else float16 (older GPUs such as Colab's T4, Apple's MPS).
+
+    Raises:
+        ValueError: ``amp`` is neither a bool nor ``torch.bfloat16`` / ``torch.float16``.
+    """
+    if amp is False or amp is None:
+        return None
+    if amp is True:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.bfloat16
+    if amp in (torch.bfloat16, torch.float16):
+        return amp
+    raise ValueError(f"amp must be True, False, torch.bfloat16 or torch.float16, not {amp!r}.")
 
 
 def setup(seed: int = 0) -> torch.device:

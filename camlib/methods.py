@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .device import exact
-from .hooks import Layer, as_module, eval_mode, forward_with_grad_at, logits_of, resolve_layer
+from .device import amp_dtype, exact
+from .hooks import Layer, as_module, eval_mode, forward_fast, forward_with_grad_at, logits_of, resolve_layer
 from .targets import Targets, check_kind, class_indices, is_many, scores
 from .viz import normalize, upsample
 
@@ -164,7 +164,7 @@ def pooled_features(
     handles = [module.register_forward_hook(at_layer), fc.register_forward_hook(at_fc)]
     try:
         with eval_mode(net), torch.no_grad():
-            logits = logits_of(net(x), output)
+            logits = logits_of(forward_fast(net, x, before_retry=lambda: (outs.clear(), fcs.clear())), output)
     finally:
         for h in handles:
             h.remove()
@@ -239,7 +239,12 @@ def _many(targets: Targets, logits: Tensor) -> Tensor:
 
 @exact
 def layer_gradients(
-    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets = None,
+    output: Output = None,
+    amp: bool | torch.dtype = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Activations :math:`A` of ``layer``, gradients :math:`\partial y^c / \partial A` and logits.
 
@@ -248,18 +253,39 @@ def layer_gradients(
     are never touched and every submodule's train/eval flag is restored. For a
     batch of one image with K targets, returns K rows (one forward, K backwards
     through the part of the net after the layer).
+
+    On the CPU the batch runs channels-last (:func:`camlib.hooks.fast_layout`; same values to
+    float rounding, ~0.7× the time). ``amp=True`` runs the forward and backward in reduced
+    precision (:func:`camlib.device.amp_dtype`: bfloat16 where the device supports it, else
+    float16; or pass the dtype): about 3× the throughput of float32 on a recent GPU. The targets
+    are chosen on float32 logits, and the returned tensors are float32, so every method's own
+    arithmetic stays in float32; a non-finite gradient in reduced precision (float16
+    overflow) makes the call fall back to float32, with a warning, never a NaN map.
     """
     net = as_module(net)
+    low = amp_dtype(x.device, amp)
+    if low is not None:
+        out = _layer_gradients(net, x, layer, targets, output, low)
+        if all(bool(t.isfinite().all()) for t in out):
+            return out
+        warnings.warn(f"layer_gradients: non-finite values in {low}; recomputed in float32.", stacklevel=2)
+    return _layer_gradients(net, x, layer, targets, output, None)
+
+
+def _layer_gradients(
+    net: nn.Module, x: Tensor, layer: Layer, targets: Targets, output: Output, amp: torch.dtype | None
+) -> tuple[Tensor, Tensor, Tensor]:
     with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
-        acts, logits = forward_with_grad_at(net, x, layer, output)
+        acts, logits = forward_with_grad_at(net, x, layer, output, amp)
+        logits = logits.float()
         if x.shape[0] == 1 and is_many(targets):
             idx = _many(targets, logits).tolist()
             rows = [
                 torch.autograd.grad(logits[0, c], acts, retain_graph=i < len(idx) - 1)[0] for i, c in enumerate(idx)
             ]
-            return acts.detach().expand(len(rows), *acts.shape[1:]), torch.cat(rows), logits.detach()
+            return acts.detach().float().expand(len(rows), *acts.shape[1:]), torch.cat(rows).float(), logits.detach()
         (grads,) = torch.autograd.grad(scores(logits, targets).sum(), acts)
-    return acts.detach(), grads, logits.detach()
+    return acts.detach().float(), grads.float(), logits.detach()
 
 
 def gradcam(
@@ -269,6 +295,7 @@ def gradcam(
     targets: Targets = None,
     counterfactual: bool = False,
     output: Output = None,
+    amp: bool | torch.dtype = False,
 ) -> Tensor:
     r"""Grad-CAM (Selvaraju et al. 2017, arXiv:1610.02391), raw ``(B, h, w)``.
 
@@ -276,9 +303,10 @@ def gradcam(
               \qquad L^c = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big)
 
     ``counterfactual=True`` negates the gradients (the paper's counterfactual
-    explanations): regions whose removal would *raise* the class score.
+    explanations): regions whose removal would *raise* the class score. ``amp=True``: the
+    forward in reduced precision, the map in float32 (see :func:`layer_gradients`).
     """
-    acts, grads, _ = layer_gradients(net, x, layer, targets, output)
+    acts, grads, _ = layer_gradients(net, x, layer, targets, output, amp)
     return weighted_map(gradcam_weights(grads, counterfactual), acts)
 
 
@@ -301,7 +329,14 @@ def weighted_map(weights: Tensor, acts: Tensor) -> Tensor:
     return torch.relu(torch.einsum("bk,bkhw->bhw", weights, acts))
 
 
-def gradcam_pp(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
+def gradcam_pp(
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets = None,
+    output: Output = None,
+    amp: bool | torch.dtype = False,
+) -> Tensor:
     r"""Grad-CAM++ (Chattopadhyay et al. 2018, arXiv:1710.11063), raw ``(B, h, w)``.
 
     With :math:`Y^c = \exp(S^c)` the higher derivatives reduce to powers of the first
@@ -311,9 +346,10 @@ def gradcam_pp(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None,
               \qquad w^c_k = \sum_{ij} \alpha^{kc}_{ij}\,\mathrm{ReLU}(g_{ij}),
               \qquad L^c = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big)
 
-    with :math:`\alpha = 0` where the denominator is 0.
+    with :math:`\alpha = 0` where the denominator is 0. ``amp=True``: the forward in reduced
+    precision, the coefficients and the map in float32 (see :func:`layer_gradients`).
     """
-    acts, grads, _ = layer_gradients(net, x, layer, targets, output)
+    acts, grads, _ = layer_gradients(net, x, layer, targets, output, amp)
     return weighted_map(gradcam_pp_weights(acts, grads), acts)
 
 

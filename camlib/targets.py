@@ -35,25 +35,31 @@ def class_indices(logits: Tensor, targets: Targets) -> Tensor:
             "with the gradient methods: gradcam, gradcam_pp, guided_backprop, guided_gradcam)."
         )
     check_kind(targets)
+    # Range checks run where the indices are (the CPU for ints and lists): no wait for the GPU.
     if is_single(targets):
-        idx = torch.full((batch,), int(targets), dtype=torch.long, device=logits.device)
-    else:
-        idx = torch.as_tensor(targets, device=logits.device).reshape(-1)
-        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-            raise TypeError(f"Class indices must be integers, got a {idx.dtype} sequence.")
-        idx = idx.long()
-        if idx.numel() != batch:
-            raise ValueError(
-                f"Got {idx.numel()} targets for a batch of {batch} images: give one class per image, "
-                "a single int for all of them, or None for each image's top-1."
-            )
+        idx = torch.full((batch,), int(targets), dtype=torch.long)
+        _check_range(idx[:1], num_classes)
+        return idx.to(logits.device)
+    idx = torch.as_tensor(targets).reshape(-1)
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise TypeError(f"Class indices must be integers, got a {idx.dtype} sequence.")
+    idx = idx.long()
+    if idx.numel() != batch:
+        raise ValueError(
+            f"Got {idx.numel()} targets for a batch of {batch} images: give one class per image, "
+            "a single int for all of them, or None for each image's top-1."
+        )
+    _check_range(idx, num_classes)
+    return idx.to(logits.device)
+
+
+def _check_range(idx: Tensor, num_classes: int) -> None:
     bad = (idx < 0) | (idx >= num_classes)
     if bad.any():
         raise IndexError(
             f"Class index {int(idx[bad][0])} is outside the model's {num_classes} outputs "
             f"(valid: 0..{num_classes - 1})."
         )
-    return idx
 
 
 def check_kind(targets: Targets) -> None:

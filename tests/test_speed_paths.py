@@ -1,0 +1,146 @@
+"""The fast paths give the same maps: channels-last CPU batches, amp= reduced precision, fewer writes.
+
+Reference maps come from the same functions with the channels-last step switched off
+(``fast_layout`` replaced by the identity), i.e. camlib as it ran before the fast path.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import camlib
+import camlib.hooks as hooks
+from camlib.metrics import spearman
+
+EGYPTIAN_CAT = 285
+
+
+@pytest.fixture
+def contiguous_only(monkeypatch: pytest.MonkeyPatch):
+    def use() -> None:
+        monkeypatch.setattr(hooks, "fast_layout", lambda x: x)
+
+    return use
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize(("method", "layer"), [("gradcam", "bn2"), ("gradcam", "blocks.4"), ("gradcam_pp", "bn2")])
+def test_channels_last_maps_equal_the_contiguous_ones(real_model, chelsea_x, contiguous_only, method, layer):
+    fast = getattr(camlib, method)(real_model.net, chelsea_x, layer, EGYPTIAN_CAT)
+    contiguous_only()
+    ref = getattr(camlib, method)(real_model.net, chelsea_x, layer, EGYPTIAN_CAT)
+    assert _rel(fast, ref) < 1e-4  # measured ~1e-5: the same sums in another order
+
+
+def test_channels_last_cam_equals_the_contiguous_one(real_model, chelsea_x, contiguous_only):
+    fast = camlib.cam(real_model, chelsea_x)
+    contiguous_only()
+    torch.testing.assert_close(fast, camlib.cam(real_model, chelsea_x), rtol=1e-4, atol=1e-4 * fast.abs().max().item())
+
+
+def test_the_users_input_and_model_are_untouched(real_model, chelsea_x):
+    x = chelsea_x.clone()
+    stride = x.stride()
+    before = {n: (p.data_ptr(), p.stride()) for n, p in real_model.net.named_parameters()}
+    camlib.gradcam(real_model.net, x, "bn2")
+    assert x.stride() == stride and torch.equal(x, chelsea_x)
+    assert {n: (p.data_ptr(), p.stride()) for n, p in real_model.net.named_parameters()} == before
+    assert all(p.grad is None for p in real_model.net.parameters())
+
+
+class ViewNet(nn.Module):
+    """Flatten + linear with ``.view``: cannot take a channels-last feature map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+def test_a_model_that_needs_a_contiguous_input_is_retried(contiguous_only):
+    torch.manual_seed(0)
+    net, x = ViewNet().eval(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="view size"):
+        net(x.contiguous(memory_format=torch.channels_last))  # the failure the retry catches
+    grad_mode = torch.is_grad_enabled()
+    fast = camlib.gradcam(net, x, "conv", targets=[0, 2])
+    assert torch.is_grad_enabled() == grad_mode
+    assert not net.conv._forward_hooks
+    contiguous_only()
+    torch.testing.assert_close(fast, camlib.gradcam(net, x, "conv", targets=[0, 2]))
+
+
+def test_amp_on_the_cpu_is_float32_finite_and_close(real_model, chelsea_x):
+    ref = camlib.gradcam(real_model.net, chelsea_x, "bn2", EGYPTIAN_CAT)
+    low = camlib.gradcam(real_model.net, chelsea_x, "bn2", EGYPTIAN_CAT, amp=True)
+    assert low.dtype == torch.float32 and low.isfinite().all()
+    assert _rel(low, ref) < 0.05  # bfloat16 keeps 8 bits of mantissa; measured 2.2e-2 here
+    assert spearman(ref, low).item() > 0.99
+    pp = camlib.gradcam_pp(real_model.net, chelsea_x, "blocks.4", EGYPTIAN_CAT, amp=torch.bfloat16)
+    assert pp.isfinite().all()
+
+
+class Overflow(nn.Module):
+    """Activations of ~1e6 at the layer: infinite in float16 (max 65504)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        nn.init.constant_(self.conv.weight, 1e5)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_float16_overflow_falls_back_to_float32_never_nan():
+    torch.manual_seed(0)
+    net, x = Overflow().eval(), torch.rand(1, 3, 8, 8) + 1
+    with pytest.warns(UserWarning, match="recomputed in float32"):
+        low = camlib.gradcam(net, x, "conv", 0, amp=torch.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ref = camlib.gradcam(net, x, "conv", 0)
+    assert low.isfinite().all()
+    torch.testing.assert_close(low, ref)
+
+
+def test_amp_must_be_a_bool_or_a_half_dtype(real_model, chelsea_x):
+    with pytest.raises(ValueError, match="amp must be True, False, torch.bfloat16 or torch.float16"):
+        camlib.gradcam(real_model.net, chelsea_x, "bn2", amp="fast")
+    assert camlib.device.amp_dtype(torch.device("cpu"), True) == torch.bfloat16
+    assert camlib.device.amp_dtype(torch.device("mps"), True) == torch.float16
+    assert camlib.device.amp_dtype(torch.device("cpu"), False) is None
+
+
+def test_eval_mode_leaves_an_eval_net_unwritten_and_restores_a_training_one():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout())
+    writes = []
+
+    class Spy(nn.BatchNorm2d):
+        def __setattr__(self, name, value):
+            if name == "training":
+                writes.append(value)
+            super().__setattr__(name, value)
+
+    net[1] = Spy(4)
+    net.eval()
+    writes.clear()
+    with hooks.eval_mode(net):
+        pass
+    assert writes == []
+    net.train()
+    net[2].eval()
+    with hooks.eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert net.training and net[1].training and not net[2].training

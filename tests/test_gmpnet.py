@@ -1,5 +1,6 @@
 """The max-pooling twin of the small shapes net (notebook 08, GAP vs GMP)."""
 
+import pytest
 import torch
 
 import camlib
@@ -27,11 +28,13 @@ def test_shipped_gmp_net_loads_pools_by_max_and_classifies() -> None:
     torch.testing.assert_close(logits, pooled @ net.fc.weight.T + net.fc.bias)
 
 
-def test_cam_finds_no_spatial_map_on_the_gmp_net() -> None:
-    # camlib.cam falls back to the 1 x 1 pooled output (its mean is the linear layer's input): no spatial map
+def test_cam_refuses_the_gmp_net() -> None:
+    # Max pooling is not a GAP head: the only map whose mean feeds the linear layer is the 1 x 1 pooled
+    # output, and a 1 x 1 "CAM" is no class activation map (issue 10): CamError, use class_maps or Grad-CAM.
     net = gmpnet.load_small_gmp_shapes().net
     x, y, _ = synthetic.shapes(2, seed=0)
-    assert camlib.cam(net, x, y).shape == (2, 1, 1)
+    with pytest.raises(camlib.CamError):
+        camlib.cam(net, x, y)
 
 
 def test_same_layers_as_the_gap_net() -> None:

@@ -277,15 +277,25 @@ def _layer_gradients(
 ) -> tuple[Tensor, Tensor, Tensor]:
     with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
         acts, logits = forward_with_grad_at(net, x, layer, output, amp)
-        logits = logits.float()
+        if amp is not None:  # targets and the returned tensors in float32; the model's own dtype otherwise
+            logits = logits.float()
         if x.shape[0] == 1 and is_many(targets):
             idx = _many(targets, logits).tolist()
             rows = [
                 torch.autograd.grad(logits[0, c], acts, retain_graph=i < len(idx) - 1)[0] for i, c in enumerate(idx)
             ]
-            return acts.detach().float().expand(len(rows), *acts.shape[1:]), torch.cat(rows).float(), logits.detach()
+            return (
+                _wide(acts.detach(), amp).expand(len(rows), *acts.shape[1:]),
+                _wide(torch.cat(rows), amp),
+                logits.detach(),
+            )
         (grads,) = torch.autograd.grad(scores(logits, targets).sum(), acts)
-    return acts.detach().float(), grads.float(), logits.detach()
+    return _wide(acts.detach(), amp), _wide(grads, amp), logits.detach()
+
+
+def _wide(t: Tensor, amp: torch.dtype | None) -> Tensor:
+    """A reduced-precision result as float32 (``amp`` set), else as it is (float64 models stay float64)."""
+    return t.float() if amp is not None else t
 
 
 def gradcam(

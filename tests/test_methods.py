@@ -437,7 +437,10 @@ def test_against_pytorch_grad_cam(resnet32: nn.Module, rx: Tensor, method: str, 
     # float32 and cv2 vs torch bilinear: 1e-4; Grad-CAM++: their eps moves maps by up to ~2e-4 here
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4 if method == "gradcam" else 1e-3)
     _, grads, _ = camlib.layer_gradients(resnet32, x, layer, R_TARGETS)
-    torch.testing.assert_close(grads, their_grads, rtol=1e-5, atol=1e-7)
+    # camlib runs CPU batches channels-last (other float sums than their contiguous forward):
+    # equal to float32 rounding, stated relative to the gradient's largest entry
+    scale = their_grads.abs().max().item()
+    torch.testing.assert_close(grads, their_grads, rtol=1e-4, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("layer", ["layer3", "layer4"])

@@ -1,4 +1,6 @@
 # The course's two commands:  make course  (set up, open JupyterLab)  and  make test  (set up, run every test).
+# Delivery:  make site (the website, site/)  make app (the workshop app)  make student (build/student/)
+#            make wheelhouse / make install-offline (a room without Wi-Fi; docs/instructors/setup.md)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,7 +11,8 @@ TORCH_INDEX ?=
 # JupyterLab refuses to run as root (containers, cloud shells) unless told.
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: course test setup setup-test lint unit notebooks notebooks-other-isa browser-deps bench execute gpu-check retarget clean
+.PHONY: course test setup setup-test lint unit notebooks notebooks-other-isa browser-deps bench execute gpu-check retarget clean \
+	site app student wheelhouse install-offline time-notebooks
 
 $(BIN)/python:
 	@echo ">> Creating the virtual environment $(VENV)"
@@ -25,7 +28,12 @@ $(VENV)/.course: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
 	@echo ">> Installing camlib, the course's packages and the test tools into $(VENV) (a few minutes the first time)"
-	$(BIN)/pip install -q -e ".[course,test]"
+	$(BIN)/pip install -q -e ".[course,test,site,app]"
+	touch $@
+
+$(VENV)/.delivery: pyproject.toml | $(BIN)/python
+	@echo ">> Installing camlib, the course's packages and the site/app tools into $(VENV)"
+	$(BIN)/pip install -q -e ".[course,site,app]"
 	touch $@
 
 setup: $(VENV)/.course
@@ -79,5 +87,55 @@ gpu-check: $(VENV)/.test
 retarget:
 	$(PYTHON) tools/retarget.py $(REPO) $(if $(BRANCH),--branch $(BRANCH))
 
+# The course as a website in site/ (notebooks with their outputs, the instructor's kit, the API reference).
+site: $(VENV)/.delivery
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	@echo ">> Open site/index.html through a web server, e.g.  $(BIN)/python -m http.server -d site 8000"
+
+# The explorer as a web app without code (Voilà). A room sharing one machine: make app APP_HOST=0.0.0.0
+APP_HOST ?= 127.0.0.1
+APP_PORT ?= 8866
+app: $(VENV)/.delivery
+	JUPYTER_PATH=app $(BIN)/voila --template=offline --Voila.ip=$(APP_HOST) --port=$(APP_PORT) app/explorer.ipynb
+
+# The notebooks without solutions, for learners (tools/student_edition.py; docs/instructors/exercises.md).
+student:
+	$(PYTHON) tools/student_edition.py --out build/student
+
+# Every package the course needs, as files, for a room without a network (docs/instructors/setup.md):
+#   make wheelhouse                       # here: this OS and Python; TORCH_INDEX=... for CPU-only torch
+#   make wheelhouse WHEEL_PLATFORM=macosx_11_0_arm64 WHEEL_PYTHON=3.11 WHEELHOUSE=wheelhouse-mac
+# then, on each laptop with the repository and the folder:  make install-offline [WHEELHOUSE=...]
+WHEELHOUSE ?= wheelhouse
+OFFLINE_EXTRAS ?= course
+WHEEL_PLATFORM ?=
+WHEEL_PYTHON ?=
+WHEEL_TARGET := $(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM) --only-binary=:all:) $(if $(WHEEL_PYTHON),--python-version $(WHEEL_PYTHON) --only-binary=:all:)
+wheelhouse: | $(BIN)/python
+	@echo ">> Building camlib's wheel into $(WHEELHOUSE)/"
+	mkdir -p $(WHEELHOUSE)
+	$(BIN)/pip wheel -q --no-deps -w $(WHEELHOUSE) .
+	@if [ -n "$(TORCH_INDEX)" ]; then echo ">> Downloading torch and torchvision from $(TORCH_INDEX)"; \
+	  $(BIN)/pip download -q -d $(WHEELHOUSE) $(WHEEL_TARGET) torch torchvision --index-url "$(TORCH_INDEX)"; fi
+	@echo ">> Downloading every package of camlib[$(OFFLINE_EXTRAS)] into $(WHEELHOUSE)/ (PyPI's Linux torch: about 3 GB)"
+	whl=$$(ls -v $(WHEELHOUSE)/camlib-*.whl | tail -n 1); \
+	$(BIN)/pip download -q -d $(WHEELHOUSE) --find-links $(WHEELHOUSE) $(WHEEL_TARGET) \
+	  "camlib[$(OFFLINE_EXTRAS)] @ file://$$(realpath $$whl)" \
+	  pip "setuptools>=77" wheel
+	@echo ">> $(WHEELHOUSE)/: $$(ls $(WHEELHOUSE) | wc -l) files, $$(du -sh $(WHEELHOUSE) | cut -f1)"
+
+# Install from the wheelhouse only: --isolated ignores pip's configuration and environment, --no-index every index.
+install-offline:
+	@test -d $(WHEELHOUSE) || { echo "No $(WHEELHOUSE)/ here: build it with 'make wheelhouse' where there is a network"; exit 1; }
+	@echo ">> Creating $(VENV) and installing camlib[$(OFFLINE_EXTRAS)] from $(WHEELHOUSE)/ only (no network)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip --isolated install -q --no-index --find-links $(WHEELHOUSE) --upgrade pip
+	$(BIN)/pip --isolated install -q --no-index --find-links $(WHEELHOUSE) -e ".[$(OFFLINE_EXTRAS)]"
+	touch $(VENV)/.course
+
+# How long each notebook takes, one at a time (the workshop plans in docs/instructors/ use these).
+time-notebooks: $(VENV)/.test
+	$(BIN)/python tools/time_notebooks.py
+
 clean:
-	rm -rf $(VENV) test-output
+	rm -rf $(VENV) test-output site build/student

@@ -1,7 +1,7 @@
 """environment.yml keeps up with pyproject.toml (conda itself cannot be reached here).
 
 The pip section of environment.yml must list exactly pyproject's dependencies plus its
-``course`` and ``test`` extras, with the same version specifiers, and every name must
+``course``, ``test``, ``site`` and ``app`` extras, with the same version specifiers, and every name must
 resolve on the package index (``pip install --dry-run``).
 """
 
@@ -23,7 +23,7 @@ except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRAS = ("course", "test")
+EXTRAS = ("course", "test", "site", "app")
 
 
 def parse_environment(text: str) -> tuple[list[str], list[str]]:

@@ -164,6 +164,7 @@ def road(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
+    tol: float = 1e-6,
 ) -> Road:
     r"""ROAD (Rong et al. 2022, arXiv:2202.00449): probability after removing pixels by noisy linear imputation.
 
@@ -173,8 +174,9 @@ def road(
     :math:`R_b(f)`: the fraction :math:`f` of pixels ranked highest (``order="morf"``,
     most relevant first: lower is better) or lowest (``"lerf"``: higher is better) by the
     map upsampled to ``x``; ties in raster order. Imputation: :func:`linear_imputation`
-    with ``noise`` and ``seed``. ``targets``: ``None`` = top-1 on ``x``, an int, or one
-    class per image. All (image, fraction) images are imputed then classified in
+    with ``noise``, ``seed`` and ``tol`` (the solver's relative residual; a looser one,
+    e.g. ``1e-2``, is many times faster on a CPU). ``targets``: ``None`` = top-1 on ``x``,
+    an int, or one class per image. All (image, fraction) images are imputed then classified in
     batches of ``batch_size`` (tqdm bar if ``progress``). Rong et al. report accuracy
     over a data set; this is the per-image probability, as in pytorch-grad-cam's
     ``ROADMostRelevantFirst`` (which reports its change from the original).
@@ -204,7 +206,7 @@ def road(
         for lo in tqdm(range(0, len(pairs), batch_size), desc=f"ROAD {order}", disable=not progress, leave=False):
             img, step = pairs[lo : lo + batch_size].to(x.device).unbind(1)
             removed = ranks[img] < counts[step, None, None]
-            filled = linear_imputation(x[img], removed, noise, seed + lo)  # image i: seed + pair index
+            filled = linear_imputation(x[img], removed, noise, seed + lo, tol)  # image i: seed + pair index
             logits = logits_of(net(filled.contiguous(memory_format=torch.channels_last)))
             probs[img, step] = logits.softmax(1).gather(1, idx[img, None])[:, 0].to(probs.dtype)
     return Road(order, frac.float(), probs, probs.mean(1), idx)

@@ -6,6 +6,7 @@ The core functions are importable from the top level::
     model = camlib.load_model("efficientnet_lite0")
     x = model.preprocess(camlib.load_image("chelsea"))
     maps = camlib.cam(model, x)                      # (1, 7, 7)
+    maps = camlib.scorecam(model.net, x, "bn2")      # or hirescam, xgradcam, layercam, ablationcam, eigencam
     camlib.overlay(camlib.load_image("chelsea"), maps[0])
 
 Submodules ``camlib.widgets``, ``camlib.synthetic`` and ``camlib.metrics`` load on
@@ -19,6 +20,7 @@ from typing import Any
 
 from .data import load_image, sample_names
 from .device import get_device, setup
+from .family import ablationcam, eigencam, fuse_layers, hirescam, layercam, scorecam, xgradcam
 from .hooks import LayerError, capture, eval_mode, layer_names, resolve_layer
 from .methods import CamError, cam, gradcam, gradcam_pp, guided_backprop, guided_gradcam, layer_gradients
 from .models import LoadedModel, imagenet_classes, load_model, model_names
@@ -28,6 +30,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CamError",
+    "ablationcam",
+    "eigencam",
+    "fuse_layers",
+    "hirescam",
+    "layercam",
+    "scorecam",
+    "xgradcam",
     "LayerError",
     "LoadedModel",
     "cam",

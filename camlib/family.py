@@ -1,0 +1,452 @@
+r"""More of the CAM family: HiResCAM, XGrad-CAM, LayerCAM, Score-CAM, Ablation-CAM, Eigen-CAM.
+
+Every method fills in the same template, :math:`L = \mathrm{ReLU}(\sum_k w_k A^k)`, with its
+own weights :math:`w` (a number per channel, or per channel *and* pixel). Each has a small
+helper that works on tensors you already have, so a notebook or an interactive explorer
+with cached activations ``acts`` ``(B, K, h, w)`` and gradients ``grads`` can call it
+without another forward:
+
+============== ============================================ =============================
+method         helper on cached tensors                     needs
+============== ============================================ =============================
+HiResCAM       :func:`hirescam_map` ``(acts, grads)``         one backward
+XGrad-CAM      :func:`xgradcam_weights` ``(acts, grads)``     one backward
+LayerCAM       :func:`layercam_map` ``(acts, grads)``         one backward
+Score-CAM      :func:`scorecam_weights` ``(net, x, acts, c)`` a forward per channel
+Ablation-CAM   :func:`ablationcam_weights` ``(net, x, layer, acts, c)``  a forward of the
+                                                            part after the layer per channel
+Eigen-CAM      :func:`eigencam_weights` ``(acts)``            nothing: no class, no gradient
+============== ============================================ =============================
+
+Channel weights become a map with :func:`camlib.methods.weighted_map`. The public
+functions (``camlib.hirescam(net, x, layer, targets=None)`` and so on) return raw maps
+``(B, h, w)`` on the input's device; upsampling and normalisation stay in :mod:`camlib.viz`.
+``targets`` as in :mod:`camlib.methods`; a batch of one image with K classes gives K maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .device import exact
+from .hooks import Layer, LayerError, capture, eval_mode, logits_of, resolve_layer
+from .methods import _many, layer_gradients, weighted_map
+from .targets import Targets, class_indices, is_many
+from .viz import upsample
+
+__all__ = [
+    "hirescam",
+    "hirescam_map",
+    "xgradcam",
+    "xgradcam_weights",
+    "layercam",
+    "layercam_map",
+    "fuse_layers",
+    "scorecam",
+    "scorecam_weights",
+    "ablationcam",
+    "ablationcam_weights",
+    "eigencam",
+    "eigencam_weights",
+    "eigencam_map",
+]
+
+Output = Callable[[Any], Tensor] | None
+
+
+# --------------------------------------------------------------------------- gradient methods
+
+
+def _check_x(x: Tensor) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a batch of images (B, C, H, W), got {got}; for one image use x[None].")
+
+
+def _gradients(net: nn.Module, x: Tensor, layer: Layer, targets: Targets, output: Output) -> tuple[Tensor, Tensor]:
+    """``(acts, grads)`` from :func:`camlib.methods.layer_gradients`, with a clear error for a layer
+    whose output does not reach the logits (autograd's own message names no layer)."""
+    _check_x(x)
+    try:
+        acts, grads, _ = layer_gradients(net, x, layer, targets, output)
+    except RuntimeError as err:
+        if "not have been used in the graph" not in str(err) and "does not require grad" not in str(err):
+            raise
+        name, _ = resolve_layer(net, layer)
+        raise LayerError(
+            f"Layer {name!r} does not reach the output: the score has no gradient with respect to it. "
+            "Pick a layer the logits depend on (camlib.layer_names(net) lists the feature maps), or a "
+            "gradient-free method: camlib.scorecam, camlib.ablationcam, camlib.eigencam."
+        ) from err
+    return acts, grads
+
+
+def hirescam_map(acts: Tensor, grads: Tensor) -> Tensor:
+    r"""HiResCAM's map :math:`\sum_k g^k \odot A^k` from ``acts`` and ``grads`` ``(B, K, h, w)``; signed, no ReLU."""
+    return (grads * acts).sum(dim=1)
+
+
+@exact
+def hirescam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
+    r"""HiResCAM (Draelos & Carin 2020, arXiv:2011.08891), raw and signed ``(B, h, w)``.
+
+    .. math:: L^c = \sum_k \frac{\partial y^c}{\partial A^k} \odot A^k
+
+    Grad-CAM averages the gradient over the pixels before multiplying; HiResCAM
+    multiplies pixel by pixel, so each pixel's value is its first-order share of the
+    score. At a global-average-pooling + linear head the gradient is constant,
+    :math:`w^c_k / hw`, and HiResCAM equals CAM divided by :math:`hw` (negative values
+    included: apply ReLU yourself to show only positive evidence).
+
+    >>> maps = camlib.hirescam(net, x, "layer4", targets=281)   # doctest: +SKIP
+    """
+    acts, grads = _gradients(net, x, layer, targets, output)
+    return hirescam_map(acts, grads)
+
+
+def xgradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
+    r"""XGrad-CAM's weights :math:`\alpha_k = \sum_{ij} \frac{A^k_{ij}}{\sum_{ab} A^k_{ab}} g^k_{ij}`, ``(B, K)``.
+
+    A channel whose activations sum to 0 gets weight 0 (pytorch-grad-cam adds
+    ``1e-7`` to the denominator instead).
+    """
+    total = acts.sum(dim=(2, 3))
+    num = (acts * grads).sum(dim=(2, 3))
+    return torch.where(total != 0, num / torch.where(total != 0, total, torch.ones_like(total)), torch.zeros_like(num))
+
+
+@exact
+def xgradcam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
+    r"""XGrad-CAM (Fu et al. 2020, arXiv:2008.02312), raw ``(B, h, w)``.
+
+    .. math:: \alpha^c_k = \sum_{i,j} \frac{A^k_{ij}}{\sum_{a,b} A^k_{ab}}
+              \frac{\partial y^c}{\partial A^k_{ij}},
+              \qquad L^c = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big)
+
+    The weights are chosen so that, to first order, the map's total is the score
+    (*conservation*: :math:`\sum_{ij}\sum_k \alpha_k A^k_{ij} = \sum_{ijk} g A`) and
+    channel :math:`k`'s share :math:`\alpha_k \sum_{ij} A^k_{ij}` is what the score
+    loses without it (*sensitivity*); both hold exactly at a GAP + linear head.
+    """
+    acts, grads = _gradients(net, x, layer, targets, output)
+    return weighted_map(xgradcam_weights(acts, grads), acts)
+
+
+def layercam_map(acts: Tensor, grads: Tensor) -> Tensor:
+    r"""LayerCAM's map :math:`\mathrm{ReLU}(\sum_k \mathrm{ReLU}(g^k) \odot A^k)` from ``(B, K, h, w)`` tensors."""
+    return torch.relu((torch.relu(grads) * acts).sum(dim=1))
+
+
+@exact
+def layercam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
+    r"""LayerCAM (Jiang et al. 2021, IEEE TIP, doi:10.1109/TIP.2021.3089943), raw ``(B, h, w)``.
+
+    .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \mathrm{ReLU}\Big(\frac{\partial y^c}{\partial A^k}\Big) \odot A^k\Big)
+
+    Each pixel keeps only its positive gradients, so shallow layers (where gradients
+    change sign from pixel to pixel and Grad-CAM's average cancels) still give a map.
+    Combine several layers with :func:`fuse_layers`.
+    """
+    acts, grads = _gradients(net, x, layer, targets, output)
+    return layercam_map(acts, grads)
+
+
+def fuse_layers(maps: Sequence[Tensor], size: int | tuple[int, int] | None = None, gamma: float = 2.0) -> Tensor:
+    r"""LayerCAM's fusion of maps from several layers (Jiang et al. 2021, Eq. 9), ``(B, H, W)``.
+
+    .. math:: \hat M_l = \tanh\Big(\gamma \frac{M_l}{\max M_l}\Big), \qquad
+              M = \max_l \mathrm{upsample}(\hat M_l)
+
+    Each map is scaled by its own maximum (per image) and squashed, so a shallow layer's
+    small values count as much as a deep layer's; then the element-wise maximum over
+    layers at ``size`` (default: the largest map's size).
+    """
+    if not maps:
+        raise ValueError("fuse_layers needs at least one map, e.g. [layercam(net, x, 'layer3'), ...].")
+    if size is None:
+        size = (max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps))
+    scaled = []
+    for m in maps:
+        top = m.flatten(1).amax(dim=1).clamp_min(torch.finfo(m.dtype).tiny)[:, None, None]
+        scaled.append(upsample(torch.tanh(gamma * m / top), size))
+    return torch.stack(scaled).amax(dim=0)
+
+
+# --------------------------------------------------------------------------- one forward per channel
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (images per forward), got {batch_size!r}.")
+
+
+def _is_oom(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "not enough memory" in text
+
+
+def _classes(logits: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
+    """``(image, class)`` index pairs, one per map: per image, or K classes for one image."""
+    if logits.shape[0] == 1 and is_many(targets):
+        cls = _many(targets, logits)
+        return torch.zeros_like(cls), cls
+    cls = class_indices(logits, targets)
+    return torch.arange(logits.shape[0], device=logits.device), cls
+
+
+def _per_channel_logits(
+    run: Callable[[Tensor, Tensor], Tensor], batch: int, channels: int, batch_size: int, progress: bool, desc: str
+) -> Tensor:
+    """``(B, K, C)`` logits of ``run(images, channels)`` over every (image, channel) pair, in chunks."""
+    from tqdm.auto import tqdm
+
+    _check_batch_size(batch_size)
+    out: Tensor | None = None
+    total = batch * channels
+    for lo in tqdm(range(0, total, batch_size), desc=desc, disable=not progress, leave=False):
+        pairs = torch.arange(lo, min(lo + batch_size, total))
+        try:
+            logits = run(pairs // channels, pairs % channels)
+        except (RuntimeError, MemoryError) as err:
+            if not _is_oom(err) and not isinstance(err, MemoryError):
+                raise
+            raise MemoryError(
+                f"{desc} ran out of memory with batch_size={batch_size} (images per forward). "
+                f"Pass a smaller batch_size, e.g. batch_size={max(1, batch_size // 4)}."
+            ) from err
+        if out is None:
+            out = logits.new_empty(total, logits.shape[1])
+        out[lo : lo + len(pairs)] = logits
+    assert out is not None
+    return out.view(batch, channels, -1)
+
+
+def _score_weights(logits: Tensor, images: Tensor, classes: Tensor) -> Tensor:
+    return logits[images, :, classes]
+
+
+def _masks(acts: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    """Upsampled, per-map min-max normalised activations ``(N, H, W)`` for ``acts`` ``(N, h, w)``."""
+    up = F.interpolate(acts[:, None].float(), size=size, mode="bilinear", align_corners=align_corners)[:, 0]
+    flat = up.flatten(1)
+    lo, hi = flat.amin(dim=1)[:, None, None], flat.amax(dim=1)[:, None, None]
+    return (up - lo) / (hi - lo + 1e-8)
+
+
+@exact
+def scorecam_weights(
+    net: nn.Module,
+    x: Tensor,
+    acts: Tensor,
+    targets: Targets = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    align_corners: bool = False,
+    output: Output = None,
+) -> Tensor:
+    r"""Score-CAM's channel weights ``(B, K)`` from activations ``acts`` ``(B, K, h, w)`` of ``x``.
+
+    .. math:: H^k = \frac{U(A^k) - \min U(A^k)}{\max U(A^k) - \min U(A^k) + 10^{-8}},
+              \qquad w^c = \mathrm{softmax}_k\big(y^c(x \odot H^k)\big)
+
+    with :math:`U` bilinear upsampling to ``x``'s size (``align_corners=True`` is what
+    pytorch-grad-cam uses) and :math:`y^c` the logit. The (image, channel) pairs run
+    ``batch_size`` at a time, without gradients, channels-last, with a tqdm bar
+    (``progress``); memory grows with ``batch_size``, not with the number of channels.
+    """
+    with eval_mode(net), torch.no_grad():
+        images, classes = _classes(logits_of(net(x), output), targets)
+        size = (x.shape[-2], x.shape[-1])
+
+        def run(img: Tensor, ch: Tensor) -> Tensor:
+            img, ch = img.to(x.device), ch.to(x.device)
+            masked = x[img] * _masks(acts[img, ch], size, align_corners)[:, None].to(x.dtype)
+            return logits_of(net(masked.contiguous(memory_format=torch.channels_last)), output)
+
+        logits = _per_channel_logits(run, x.shape[0], acts.shape[1], batch_size, progress, "Score-CAM")
+    return _score_weights(logits, images, classes).softmax(dim=1)
+
+
+@exact
+def scorecam(
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    align_corners: bool = False,
+    output: Output = None,
+) -> Tensor:
+    r"""Score-CAM (Wang et al. 2020, arXiv:1910.01279), raw ``(B, h, w)``. No gradients.
+
+    .. math:: L^c = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big), \qquad
+              w^c = \mathrm{softmax}_k\big(y^c(x \odot H^k)\big)
+
+    where :math:`H^k` is channel :math:`k` upsampled to the image and min-max normalised
+    (:func:`scorecam_weights`): the weight is how much the class likes the image seen
+    through that channel alone. One forward per channel and image: ``B * K`` forwards,
+    ``batch_size`` at a time (lower it if memory runs out). ``targets``: class indices
+    (not callables).
+
+    >>> maps = camlib.scorecam(net, x, "layer4", batch_size=64)   # doctest: +SKIP
+    """
+    _check_x(x)
+    _check_batch_size(batch_size)
+    with capture(net, layer) as cap, torch.no_grad():
+        net(x)
+    weights = scorecam_weights(net, x, cap.activation, targets, batch_size, progress, align_corners, output)
+    acts = cap.activation.expand(weights.shape[0], *cap.activation.shape[1:])
+    return weighted_map(weights.to(acts.dtype), acts)
+
+
+@exact
+def ablationcam_weights(
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    acts: Tensor,
+    targets: Targets = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    output: Output = None,
+) -> Tensor:
+    r"""Ablation-CAM's channel weights :math:`w_k = (y^c - y^c_k) / y^c`, ``(B, K)``.
+
+    :math:`y^c_k` is the logit with channel :math:`k` of ``layer`` set to zero. The
+    part of the net *before* the layer runs once per chunk on one image; the layer's
+    output is replaced by ``batch_size`` ablated copies, so only the part after the
+    layer runs per channel (if that part mixes batch rows, the whole image is
+    repeated instead).
+    """
+    _, module = resolve_layer(net, layer)
+    with eval_mode(net), torch.no_grad():
+        logits = logits_of(net(x), output)
+        images, classes = _classes(logits, targets)
+        y = logits[images, classes]
+        swap: dict[str, Tensor] = {}
+        mode: dict[str, bool] = {}
+
+        def hook(_m: nn.Module, _i: Any, _o: Any) -> Tensor:
+            return swap["A"]
+
+        def forward(b: int, ch: Tensor, broadcast: bool) -> Tensor:
+            ablated = acts[b].expand(len(ch), *acts.shape[1:]).clone()
+            ablated[torch.arange(len(ch), device=ch.device), ch] = 0
+            swap["A"] = ablated
+            return logits_of(net(x[b : b + 1] if broadcast else x[b].expand(len(ch), *x.shape[1:])), output)
+
+        def run(img: Tensor, ch: Tensor) -> Tensor:
+            rows = []
+            for b in img.unique_consecutive().tolist():
+                sel = ch[img == b].to(x.device)
+                if mode.get("broadcast", True):
+                    try:  # the part before the layer once, the ablated copies after it
+                        out = forward(b, sel, True)
+                        if out.shape[0] == len(sel):
+                            mode["broadcast"] = True
+                            rows.append(out)
+                            continue
+                    except RuntimeError as err:
+                        if _is_oom(err):
+                            raise
+                    mode["broadcast"] = False
+                rows.append(forward(b, sel, False))
+            return torch.cat(rows)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            out = _per_channel_logits(run, x.shape[0], acts.shape[1], batch_size, progress, "Ablation-CAM")
+        finally:
+            handle.remove()
+    yk = _score_weights(out, images, classes)
+    return (y[:, None] - yk) / y[:, None]
+
+
+@exact
+def ablationcam(
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    output: Output = None,
+) -> Tensor:
+    r"""Ablation-CAM (Desai & Ramaswamy 2020, WACV, doi:10.1109/WACV45572.2020.9093360), raw ``(B, h, w)``.
+
+    .. math:: w^c_k = \frac{y^c - y^c_k}{y^c}, \qquad L^c = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big)
+
+    with :math:`y^c_k` the class score when channel :math:`k` of the layer is zeroed:
+    a channel matters as much as the score drops without it. No gradients; one
+    forward of the net after the layer per channel (:func:`ablationcam_weights`).
+    Note the division by :math:`y^c` (the paper's): a negative logit flips the signs.
+    """
+    _check_x(x)
+    _check_batch_size(batch_size)
+    with capture(net, layer) as cap, torch.no_grad():
+        net(x)
+    weights = ablationcam_weights(net, x, layer, cap.activation, targets, batch_size, progress, output)
+    acts = cap.activation.expand(weights.shape[0], *cap.activation.shape[1:])
+    return weighted_map(weights.to(acts.dtype), acts)
+
+
+# --------------------------------------------------------------------------- class-free
+
+
+def eigencam_weights(acts: Tensor, center: bool = False) -> Tensor:
+    r"""The first principal direction :math:`v_1` of each image's activations, ``(B, K)``.
+
+    :math:`A` as an :math:`hw \times K` matrix (centred per channel if ``center``),
+    :math:`A = U \Sigma V^\top`, :math:`v_1` the first column of :math:`V`. Its sign is
+    arbitrary in an SVD; it is fixed so that the projection's largest-magnitude value
+    is positive.
+    """
+    m = acts.flatten(2).transpose(1, 2)  # (B, hw, K)
+    m = m if m.dtype in (torch.float32, torch.float64) else m.float()
+    if center:
+        m = m - m.mean(dim=1, keepdim=True)
+    v = torch.linalg.svd(m, full_matrices=False).Vh[:, 0, :]
+    proj = torch.einsum("bpk,bk->bp", m, v)
+    flip = proj.amax(dim=1) < -proj.amin(dim=1)
+    return torch.where(flip[:, None], -v, v).to(acts.dtype)
+
+
+def eigencam_map(acts: Tensor, center: bool = False) -> Tensor:
+    r"""Eigen-CAM's map :math:`A v_1` (``center``: :math:`(A - \bar A) v_1`), signed, ``(B, h, w)``."""
+    a = acts - acts.mean(dim=(2, 3), keepdim=True) if center else acts
+    return torch.einsum("bk,bkhw->bhw", eigencam_weights(acts, center), a)
+
+
+@exact
+def eigencam(
+    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, center: bool = False, output: Output = None
+) -> Tensor:
+    r"""Eigen-CAM (Muhammad & Yeasin 2020, arXiv:2008.00299), raw ``(B, h, w)``. No class, no gradient.
+
+    .. math:: A = U \Sigma V^\top, \qquad L = A\, v_1
+
+    the projection of the layer's activations (an :math:`hw \times K` matrix per image) on
+    their first right singular vector: the pattern that explains most of the layer's
+    activity, whatever the class. With non-negative activations (after a ReLU) it is
+    non-negative. ``center=True`` subtracts each channel's mean first, as
+    pytorch-grad-cam does (its map is then :math:`(A - \bar A) v_1`, with signs).
+
+    Raises:
+        ValueError: ``targets`` given: Eigen-CAM explains no class.
+    """
+    if targets is not None:
+        raise ValueError(
+            "Eigen-CAM is class-free: it gives the same map for every class, so it takes no targets. "
+            "Call camlib.eigencam(net, x, layer) without targets, or use a class-specific method "
+            "such as camlib.gradcam(net, x, layer, targets)."
+        )
+    _check_x(x)
+    with capture(net, layer) as cap, torch.no_grad():
+        logits_of(net(x), output)
+    return eigencam_map(cap.activation, center)

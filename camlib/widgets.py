@@ -37,12 +37,13 @@ from PIL import Image
 from torch import Tensor
 
 from .data import load_image
+from .family import hirescam_map, layercam_map, xgradcam_weights
 from .hooks import LayerError, eval_mode, forward_with_grad_at, layer_names, resolve_layer
 from .methods import cam, gradcam_pp_weights, gradcam_weights, pooled_features, weighted_map
 
 __all__ = ["METHODS", "Explorer", "default_layers", "encode"]
 
-METHODS = ("CAM", "Grad-CAM", "Grad-CAM++", "Counterfactual")
+METHODS = ("CAM", "Grad-CAM", "Grad-CAM++", "Counterfactual", "HiResCAM", "XGrad-CAM", "LayerCAM")
 
 
 def default_layers(model: Any) -> list[str]:
@@ -87,7 +88,8 @@ class Explorer:
         image: a PIL image, a path or a sample name (``"chelsea"``).
         layers: dotted layer names for the layer control (default: :func:`default_layers`).
             The feature layer is added when "CAM" is among the methods.
-        methods: a subset of ``METHODS`` (default: all four, in that order).
+        methods: a subset of ``METHODS`` (default: all seven, in that order; HiResCAM, XGrad-CAM
+            and LayerCAM reuse the cached activations and gradients, as Grad-CAM does).
         layer, method, target: initial values (default: the feature layer, the first method,
             the top-1 class).
         alpha: initial opacity of the heat map; ``top``: how many predictions head the class list;
@@ -315,9 +317,15 @@ class Explorer:
             if layer != self.model.feature_layer:
                 return None
             return self._all_cams[target]
-        acts, g = self.gradients(layer, target)
+        acts, g = self.gradients(layer, target)  # cached: every gradient method below reuses them
+        if method == "HiResCAM":
+            return torch.relu(hirescam_map(acts, g))[0]
+        if method == "LayerCAM":
+            return layercam_map(acts, g)[0]
         if method == "Grad-CAM++":
             weights = gradcam_pp_weights(acts, g)
+        elif method == "XGrad-CAM":
+            weights = xgradcam_weights(acts, g)
         else:
             weights = gradcam_weights(g, counterfactual=method == "Counterfactual")
         return weighted_map(weights, acts)[0]

@@ -286,3 +286,22 @@ def test_close_and_recreation_free_the_explorer(real_model: camlib.LoadedModel) 
     second.class_control.value = TIGER_CAT  # no observer left: nothing is computed
     assert second.current_map is None and second.cache_bytes == 0
     other.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "reference"),
+    [
+        ("HiResCAM", lambda net, x, layer, c: torch.relu(camlib.hirescam(net, x, layer, c))),
+        ("XGrad-CAM", camlib.xgradcam),
+        ("LayerCAM", camlib.layercam),
+    ],
+)
+def test_family_methods_reuse_the_cached_gradients_and_equal_camlib(
+    explorer: Explorer, chelsea_x, method: str, reference
+) -> None:
+    set_controls(explorer, "Grad-CAM", "blocks.5", 285)
+    cached = len(explorer._cache.items)
+    set_controls(explorer, method, "blocks.5", 285)
+    assert len(explorer._cache.items) == cached  # no new forward or backward: the same activations and gradients
+    expected = reference(explorer.net, chelsea_x, "blocks.5", 285)[0]
+    torch.testing.assert_close(explorer.current_map, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .hooks import capture
+from .hooks import capture, forward_fast
 from .smallnet import Normalize, TrainingRun, _features, seeded, weights_dir
 from .synthetic import CLASSES
 
@@ -54,7 +54,7 @@ def class_maps(net: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
     For a GAP net this is :func:`camlib.cam`; for ``SmallGmpNet`` it is the same formula.
     """
     with capture(net, "features") as cap, torch.no_grad():
-        net(x)
+        forward_fast(net, x)  # as camlib.cam runs it (channels-last on the CPU), so the two agree bit for bit
     weights = net.fc.weight[torch.as_tensor(targets, device=x.device)]
     return torch.einsum("bk,bkhw->bhw", weights, cap.activation)
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import exact
-from .hooks import Layer, LayerError, capture, eval_mode, logits_of, resolve_layer
+from .hooks import Layer, LayerError, capture, eval_mode, forward_fast, logits_of, resolve_layer
 from .methods import _many, layer_gradients, weighted_map
 from .targets import Targets, class_indices, is_many
 from .viz import upsample
@@ -266,7 +266,7 @@ def scorecam_weights(
         def run(img: Tensor, ch: Tensor) -> Tensor:
             img, ch = img.to(x.device), ch.to(x.device)
             masked = x[img] * _masks(acts[img, ch], size, align_corners)[:, None].to(x.dtype)
-            return logits_of(net(masked.contiguous(memory_format=torch.channels_last)), output)
+            return logits_of(forward_fast(net, masked), output)
 
         logits = _per_channel_logits(run, x.shape[0], acts.shape[1], batch_size, progress, "Score-CAM")
     return _score_weights(logits, images, classes).softmax(dim=1)

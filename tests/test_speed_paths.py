@@ -144,3 +144,13 @@ def test_eval_mode_leaves_an_eval_net_unwritten_and_restores_a_training_one():
     with hooks.eval_mode(net):
         assert not any(m.training for m in net.modules())
     assert net.training and net[1].training and not net[2].training
+
+
+def test_metrics_and_scorecam_take_a_model_that_needs_a_contiguous_input():
+    # The chunked forwards of the metrics and of Score-CAM go through the same forward_fast as the methods.
+    torch.manual_seed(0)
+    net, x = ViewNet().eval(), torch.rand(2, 3, 8, 8)
+    maps = camlib.gradcam(net, x, "conv", targets=[0, 2])
+    drop = camlib.metrics.average_drop(net, x, maps, targets=[0, 2])
+    assert torch.isfinite(drop.per_image).all()
+    assert camlib.scorecam(net, x, "conv", targets=[0, 2], progress=False).shape == (2, 8, 8)

@@ -10,12 +10,13 @@ Nobody was timed: this is an ESTIMATE from a stated, simple model, counted from 
             + 1 x questions              (each numbered question of the questionnaire)
             + run time / 60              (waiting for "Run All" once: measured, see below)
 
-Prose is the words of the markdown cells outside the exercises' solutions (``<details>`` blocks) and
-the exercise statements. Code lines are the non-blank, non-comment lines of the code cells *before*
-the exercises, without the setup cell (cell 1) and hidden ``# SOLUTION`` cells: exercise cells are
-covered by the 10 minutes per exercise. Run times are the measured "Run All" times of the README
-("Run times on a CPU", ``tools/time_notebooks.py`` on the 2-core build machine), or those of a
-``time_notebooks.py --json`` file; a notebook without a measured time gets 60 s and a "?".
+Prose is every word of the markdown cells, the exercise statements included, except inside
+``<details>`` blocks (solutions, hints: read only by those who open them). Code lines are the
+non-blank, non-comment lines of the code cells *before* the exercises, without the setup cell (cell 1)
+and hidden ``# SOLUTION`` cells: exercise cells are covered by the 10 minutes per exercise. Run times
+are the measured "Run All" times of the README ("Run times on a CPU", ``tools/time_notebooks.py`` on
+the 2-core build machine), or those of a ``time_notebooks.py --json`` file; a notebook without a
+measured time gets 60 s and a "?".
 
 Prints one row per notebook: the parts and two totals, "core" (reading, code, questions, run time:
 what a session in a room needs) and "with exercises". ``--markdown`` prints the table as Markdown.

@@ -20,7 +20,7 @@ measured time gets 60 s and a "?".
 
 Prints one row per notebook: the parts and two totals, "core" (reading, code, questions, run time:
 what a session in a room needs) and "with exercises". ``--markdown`` prints the table as Markdown.
-Real groups vary by a factor of two either way: plan with the core time, adjust after a dry run.
+Real groups will differ (by how much, nobody has measured): plan with the core time, adjust after a dry run.
 """
 
 from __future__ import annotations

@@ -66,18 +66,24 @@ def main() -> None:
     fresh = iter(classes[1:])  # classes not yet seen anywhere: every class move below is uncached
 
     results: dict[str, list[tuple[float, float]]] = {}
-    for method in ("CAM", "Grad-CAM", "Grad-CAM++"):
+    gradient_methods = ("Grad-CAM", "HiResCAM", "XGrad-CAM", "LayerCAM")  # the last three reuse Grad-CAM's cache
+    for method in ("CAM", "Grad-CAM", "Grad-CAM++", "HiResCAM", "XGrad-CAM", "LayerCAM"):
         ex.method_control.value = method
         ex.layer_control.value = model.feature_layer
         timed([setter(ex.class_control, next(fresh)) for _ in range(2)])  # warm-up
         results[f"class, feature layer ({method})"] = timed([setter(ex.class_control, next(fresh)) for _ in range(n)])
 
-    ex.method_control.value = "Grad-CAM"
     ex.layer_control.value = args.layer
-    timed([setter(ex.class_control, next(fresh)) for _ in range(2)])
-    results[f"class, intermediate layer (Grad-CAM, {args.layer})"] = timed(
-        [setter(ex.class_control, next(fresh)) for _ in range(n)]
-    )
+    for method in gradient_methods:
+        ex.method_control.value = method
+        timed([setter(ex.class_control, next(fresh)) for _ in range(2)])
+        results[f"class, intermediate layer ({method}, {args.layer})"] = timed(
+            [setter(ex.class_control, next(fresh)) for _ in range(n)]
+        )
+    # switching method at the same class and layer: the activations and gradients are cached
+    switches = [setter(ex.method_control, gradient_methods[i % 4]) for i in range(1, n + 1)]
+    results[f"method switch (gradient family, {args.layer})"] = timed(switches)
+    ex.method_control.value = "Grad-CAM"
 
     layers = [name for name in ex.layer_control.options if name != ex.layer_control.value]
 

@@ -37,6 +37,7 @@ from .device import exact
 from .hooks import Layer, LayerError, capture, eval_mode, forward_fast, logits_of, resolve_layer
 from .methods import _many, layer_gradients, weighted_map
 from .targets import Targets, class_indices, is_many
+from .tokens import Reshape
 from .viz import upsample
 
 __all__ = [
@@ -68,12 +69,14 @@ def _check_x(x: Tensor) -> None:
         raise ValueError(f"x must be a batch of images (B, C, H, W), got {got}; for one image use x[None].")
 
 
-def _gradients(net: nn.Module, x: Tensor, layer: Layer, targets: Targets, output: Output) -> tuple[Tensor, Tensor]:
+def _gradients(
+    net: nn.Module, x: Tensor, layer: Layer, targets: Targets, output: Output, reshape: Reshape = None
+) -> tuple[Tensor, Tensor]:
     """``(acts, grads)`` from :func:`camlib.methods.layer_gradients`, with a clear error for a layer
     whose output does not reach the logits (autograd's own message names no layer)."""
     _check_x(x)
     try:
-        acts, grads, _ = layer_gradients(net, x, layer, targets, output)
+        acts, grads, _ = layer_gradients(net, x, layer, targets, output, reshape=reshape)
     except RuntimeError as err:
         if "not have been used in the graph" not in str(err) and "does not require grad" not in str(err):
             raise
@@ -92,7 +95,9 @@ def hirescam_map(acts: Tensor, grads: Tensor) -> Tensor:
 
 
 @exact
-def hirescam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
+def hirescam(
+    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None, reshape: Reshape = None
+) -> Tensor:
     r"""HiResCAM (Draelos & Carin 2020, arXiv:2011.08891), raw and signed ``(B, h, w)``.
 
     .. math:: L^c = \sum_k \frac{\partial y^c}{\partial A^k} \odot A^k
@@ -105,7 +110,7 @@ def hirescam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, o
 
     >>> maps = camlib.hirescam(net, x, "layer4", targets=281)   # doctest: +SKIP
     """
-    acts, grads = _gradients(net, x, layer, targets, output)
+    acts, grads = _gradients(net, x, layer, targets, output, reshape)
     return hirescam_map(acts, grads)
 
 
@@ -121,7 +126,9 @@ def xgradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
 
 
 @exact
-def xgradcam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
+def xgradcam(
+    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None, reshape: Reshape = None
+) -> Tensor:
     r"""XGrad-CAM (Fu et al. 2020, arXiv:2008.02312), raw ``(B, h, w)``.
 
     .. math:: \alpha^c_k = \sum_{i,j} \frac{A^k_{ij}}{\sum_{a,b} A^k_{ab}}
@@ -133,7 +140,7 @@ def xgradcam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, o
     channel :math:`k`'s share :math:`\alpha_k \sum_{ij} A^k_{ij}` is what the score
     loses without it (*sensitivity*); both hold exactly at a GAP + linear head.
     """
-    acts, grads = _gradients(net, x, layer, targets, output)
+    acts, grads = _gradients(net, x, layer, targets, output, reshape)
     return weighted_map(xgradcam_weights(acts, grads), acts)
 
 
@@ -143,7 +150,9 @@ def layercam_map(acts: Tensor, grads: Tensor) -> Tensor:
 
 
 @exact
-def layercam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
+def layercam(
+    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None, reshape: Reshape = None
+) -> Tensor:
     r"""LayerCAM (Jiang et al. 2021, IEEE TIP, doi:10.1109/TIP.2021.3089943), raw ``(B, h, w)``.
 
     .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \mathrm{ReLU}\Big(\frac{\partial y^c}{\partial A^k}\Big) \odot A^k\Big)
@@ -152,7 +161,7 @@ def layercam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, o
     change sign from pixel to pixel and Grad-CAM's average cancels) still give a map.
     Combine several layers with :func:`fuse_layers`.
     """
-    acts, grads = _gradients(net, x, layer, targets, output)
+    acts, grads = _gradients(net, x, layer, targets, output, reshape)
     return layercam_map(acts, grads)
 
 

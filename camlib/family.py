@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import exact
-from .hooks import Layer, LayerError, capture, eval_mode, forward_fast, logits_of, resolve_layer
+from .hooks import Capture, Layer, LayerError, as_module, capture, eval_mode, forward_fast, logits_of, resolve_layer
 from .methods import _many, layer_gradients, weighted_map
 from .targets import Targets, class_indices, is_many
-from .tokens import Reshape
+from .tokens import Reshape, token_grid
+from .tokens import _Error as TokenError
 from .viz import upsample
 
 __all__ = [
@@ -309,6 +310,7 @@ def scorecam(
     _check_batch_size(batch_size)
     with capture(net, layer) as cap, torch.no_grad():
         net(x)
+    _no_tokens(cap, "Score-CAM")
     weights = scorecam_weights(net, x, cap.activation, targets, batch_size, progress, align_corners, output)
     acts = cap.activation.expand(weights.shape[0], *cap.activation.shape[1:])
     return weighted_map(weights.to(acts.dtype), acts)
@@ -400,12 +402,24 @@ def ablationcam(
     _check_batch_size(batch_size)
     with capture(net, layer) as cap, torch.no_grad():
         net(x)
+    _no_tokens(cap, "Ablation-CAM")
     weights = ablationcam_weights(net, x, layer, cap.activation, targets, batch_size, progress, output)
     acts = cap.activation.expand(weights.shape[0], *cap.activation.shape[1:])
     return weighted_map(weights.to(acts.dtype), acts)
 
 
 # --------------------------------------------------------------------------- class-free
+
+
+def _no_tokens(cap: Capture, method: str) -> None:
+    """A clear error for a token layer (B, N, C) given to a method that masks or zeroes feature-map channels."""
+    act = cap.activation
+    if isinstance(act, Tensor) and act.dim() == 3:
+        raise LayerError(
+            f"Layer {cap.name!r} outputs tokens {tuple(act.shape)}: {method} is implemented for feature maps "
+            "(B, C, h, w) only. On a transformer's tokens use a gradient method (camlib.gradcam, gradcam_pp, "
+            "hirescam, xgradcam, layercam), camlib.eigencam or camlib.attention_rollout."
+        )
 
 
 def eigencam_weights(acts: Tensor, center: bool = False) -> Tensor:
@@ -434,7 +448,13 @@ def eigencam_map(acts: Tensor, center: bool = False) -> Tensor:
 
 @exact
 def eigencam(
-    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, center: bool = False, output: Output = None
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets = None,
+    center: bool = False,
+    output: Output = None,
+    reshape: Reshape = None,
 ) -> Tensor:
     r"""Eigen-CAM (Muhammad & Yeasin 2020, arXiv:2008.00299), raw ``(B, h, w)``. No class, no gradient.
 
@@ -444,7 +464,9 @@ def eigencam(
     their first right singular vector: the pattern that explains most of the layer's
     activity, whatever the class. With non-negative activations (after a ReLU) it is
     non-negative. ``center=True`` subtracts each channel's mean first, as
-    pytorch-grad-cam does (its map is then :math:`(A - \bar A) v_1`, with signs).
+    pytorch-grad-cam does (its map is then :math:`(A - \bar A) v_1`, with signs). On a
+    transformer's tokens ``(B, N, C)`` the patch tokens are folded into their grid first, as
+    for the gradient methods (``reshape=`` as in :func:`camlib.layer_gradients`).
 
     Raises:
         ValueError: ``targets`` given: Eigen-CAM explains no class.
@@ -458,4 +480,15 @@ def eigencam(
     _check_x(x)
     with capture(net, layer) as cap, torch.no_grad():
         logits_of(net(x), output)
-    return eigencam_map(cap.activation, center)
+    acts = cap.activation
+    if acts.dim() == 3 or callable(reshape):  # a transformer's tokens: the patch grid (camlib.tokens)
+        acts = _token_map(net, cap, x, reshape)
+    return eigencam_map(acts, center)
+
+
+def _token_map(net: nn.Module, cap: Capture, x: Tensor, reshape: Reshape) -> Tensor:
+    try:
+        fold = reshape if callable(reshape) else token_grid(as_module(net), cap.activation, x, reshape)
+        return fold(cap.activation)
+    except TokenError as err:
+        raise LayerError(f"Layer {cap.name!r}: {err}") from None

@@ -210,11 +210,18 @@ def _small_gap_shapes() -> LoadedModel:
     return load_small_gap_shapes()
 
 
+def _small_vit_shapes() -> LoadedModel:
+    from .vitnet import load_small_vit_shapes
+
+    return load_small_vit_shapes()
+
+
 _LOADERS: dict[str, Callable[[], LoadedModel]] = {
     "efficientnet_lite0": _efficientnet_lite0,
     "resnet18": _torchvision_resnet("resnet18"),
     "resnet50": _torchvision_resnet("resnet50"),
     "small_gap_shapes": _small_gap_shapes,
+    "small_vit_shapes": _small_vit_shapes,
 }
 
 

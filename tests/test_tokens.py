@@ -257,3 +257,31 @@ def test_many_targets_for_one_image(vit, x):
     ref = torch.cat([camlib.gradcam(vit, x[:1], "blocks.10", t) for t in TARGETS])
     torch.testing.assert_close(out, ref)
     assert methods.layer_gradients(vit, x[:1], "blocks.10", TARGETS)[0].shape == (2, 192, 14, 14)
+
+
+def test_small_vit_shapes_loads_is_deterministic_and_localizes_above_chance():
+    model = camlib.load_model("small_vit_shapes", device="cpu")
+    assert model.name in camlib.model_names() and model.feature_layer == "blocks.3"
+    images, labels, masks = camlib.synthetic.shapes(40, seed=2)
+    x = model.preprocess(images)
+    with torch.no_grad():
+        acc = (model.net(x).argmax(1) == labels).float().mean().item()
+    assert acc > 0.6  # 5 classes: chance is 0.2
+    a = camlib.gradcam(model.net, x, "blocks.2", labels)
+    b = camlib.gradcam(camlib.load_model("small_vit_shapes", device="cpu").net, x, "blocks.2", labels)
+    assert a.shape == (40, 8, 8)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert camlib.attention_rollout(model.net, x).shape == (40, 8, 8)
+    assert model.extra["history"] and model.extra["config"]["arch"] == "SmallViT"
+    with pytest.raises(camlib.CamError):
+        camlib.cam(model, x)
+
+
+def test_small_vit_conv_stem_and_unknown_stem():
+    from camlib.vitnet import SmallViT
+
+    net = SmallViT(stem="conv").eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert net(x).shape == (2, 5) and camlib.gradcam(net, x, "blocks.1").shape == (2, 8, 8)
+    with pytest.raises(ValueError, match="stem"):
+        SmallViT(stem="hybrid")

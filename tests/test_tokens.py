@@ -285,3 +285,14 @@ def test_small_vit_conv_stem_and_unknown_stem():
     assert net(x).shape == (2, 5) and camlib.gradcam(net, x, "blocks.1").shape == (2, 8, 8)
     with pytest.raises(ValueError, match="stem"):
         SmallViT(stem="hybrid")
+
+
+def test_tokens_under_inference_mode_and_amp():
+    model = camlib.load_model("small_vit_shapes", device="cpu")
+    images, labels, _ = camlib.synthetic.shapes(8, seed=2)
+    ref = camlib.gradcam(model.net, images, "blocks.2", labels)
+    with torch.inference_mode():
+        torch.testing.assert_close(camlib.gradcam(model.net, images, "blocks.2", labels), ref)
+    low = camlib.gradcam(model.net, images, "blocks.2", labels, amp=True)
+    assert low.dtype == torch.float32
+    assert float((low - ref).abs().amax()) < 0.05 * float(ref.abs().amax())

@@ -34,7 +34,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import exact
-from .hooks import Capture, Layer, LayerError, as_module, capture, eval_mode, forward_fast, logits_of, resolve_layer
+from .hooks import (
+    Capture,
+    Layer,
+    LayerError,
+    as_module,
+    capture,
+    cpu_twin,
+    eval_mode,
+    forward_fast,
+    logits_of,
+    resolve_layer,
+)
 from .methods import _many, layer_gradients, weighted_map
 from .targets import Targets, class_indices, is_many
 from .tokens import Reshape, token_grid
@@ -210,18 +221,28 @@ def _classes(logits: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
 
 
 def _per_channel_logits(
-    run: Callable[[Tensor, Tensor], Tensor], batch: int, channels: int, batch_size: int, progress: bool, desc: str
+    run: Callable[[Tensor, Tensor], Tensor],
+    batch: int,
+    channels: int,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+    skip: tuple[Tensor, Callable[[], Tensor]] | None = None,
 ) -> Tensor:
-    """``(B, K, C)`` logits of ``run(images, channels)`` over every (image, channel) pair, in chunks."""
+    """``(B, K, C)`` logits of ``run(images, channels)`` over every (image, channel) pair, in chunks.
+
+    ``skip = (mask, logits_of_skipped)``: the pairs where ``mask`` ``(B, K)`` is true all have the
+    same logits, computed once by ``logits_of_skipped()`` (one row) instead of one forward each.
+    """
     from tqdm.auto import tqdm
 
     _check_batch_size(batch_size)
-    out: Tensor | None = None
     total = batch * channels
-    for lo in tqdm(range(0, total, batch_size), desc=desc, disable=not progress, leave=False):
-        pairs = torch.arange(lo, min(lo + batch_size, total))
+    todo = torch.arange(total) if skip is None else (~skip[0].reshape(-1).cpu()).nonzero()[:, 0]
+
+    def guarded(fn: Callable[[], Tensor]) -> Tensor:
         try:
-            logits = run(pairs // channels, pairs % channels)
+            return fn()
         except (RuntimeError, MemoryError) as err:
             if not _is_oom(err) and not isinstance(err, MemoryError):
                 raise
@@ -229,9 +250,18 @@ def _per_channel_logits(
                 f"{desc} ran out of memory with batch_size={batch_size} (images per forward). "
                 f"Pass a smaller batch_size, e.g. batch_size={max(1, batch_size // 4)}."
             ) from err
+
+    out: Tensor | None = None
+    if skip is not None and bool(skip[0].any()):
+        shared = guarded(skip[1])
+        out = shared.new_empty(total, shared.shape[1])
+        out[skip[0].reshape(-1).to(out.device)] = shared
+    for lo in tqdm(range(0, len(todo), batch_size), desc=desc, disable=not progress, leave=False):
+        pairs = todo[lo : lo + batch_size]
+        logits = guarded(lambda: run(pairs // channels, pairs % channels))  # noqa: B023 (called at once)
         if out is None:
             out = logits.new_empty(total, logits.shape[1])
-        out[lo : lo + len(pairs)] = logits
+        out[pairs.to(out.device)] = logits
     assert out is not None
     return out.view(batch, channels, -1)
 
@@ -266,19 +296,25 @@ def scorecam_weights(
 
     with :math:`U` bilinear upsampling to ``x``'s size (``align_corners=True`` is what
     pytorch-grad-cam uses) and :math:`y^c` the logit. The (image, channel) pairs run
-    ``batch_size`` at a time, without gradients, channels-last, with a tqdm bar
-    (``progress``); memory grows with ``batch_size``, not with the number of channels.
+    ``batch_size`` at a time, without gradients, channels-last through the batch-norm-folded
+    twin on the CPU (:func:`camlib.hooks.cpu_twin`), with a tqdm bar (``progress``); memory grows
+    with ``batch_size``, not with the number of channels. An all-zero channel (common after a
+    ReLU) has :math:`H^k = 0` exactly: all such pairs share one forward of the black image.
     """
     with eval_mode(net), torch.no_grad():
         images, classes = _classes(logits_of(net(x), output), targets)
         size = (x.shape[-2], x.shape[-1])
+        twin = cpu_twin(net, x)
 
         def run(img: Tensor, ch: Tensor) -> Tensor:
             img, ch = img.to(x.device), ch.to(x.device)
             masked = x[img] * _masks(acts[img, ch], size, align_corners)[:, None].to(x.dtype)
-            return logits_of(forward_fast(net, masked), output)
+            return logits_of(forward_fast(net, masked, twin=twin), output)
 
-        logits = _per_channel_logits(run, x.shape[0], acts.shape[1], batch_size, progress, "Score-CAM")
+        # An all-zero channel gives H = 0 exactly, so x ⊙ H is the black image for every such pair.
+        dead = acts.flatten(2).amax(2).eq(0) & acts.flatten(2).amin(2).eq(0)
+        black = (dead, lambda: logits_of(forward_fast(net, torch.zeros_like(x[:1]), twin=twin), output))
+        logits = _per_channel_logits(run, x.shape[0], acts.shape[1], batch_size, progress, "Score-CAM", black)
     return _score_weights(logits, images, classes).softmax(dim=1)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "as_module",
     "fast_layout",
     "forward_fast",
+    "cpu_twin",
 ]
 
 Layer = str | nn.Module
@@ -240,23 +241,49 @@ def fast_layout(x: Tensor) -> Tensor:
     return x
 
 
-def forward_fast(net: nn.Module, x: Tensor, before_retry: Callable[[], None] | None = None) -> Any:
+def cpu_twin(net: nn.Module, x: Tensor, keep: tuple[str, ...] = ()) -> nn.Module:
+    """The model a CPU batch ``x`` runs through: ``net`` with its batch norms folded into the
+    convolutions before them (:func:`camlib.fold.folded`, parameters shared, ``keep`` left as is);
+    ``net`` itself on CUDA and MPS, where a batch norm is cheap next to a convolution."""
+    if x.device.type != "cpu":
+        return net
+    from .fold import folded
+
+    return folded(net, keep)
+
+
+def forward_fast(
+    net: nn.Module, x: Tensor, before_retry: Callable[[], None] | None = None, twin: nn.Module | None = None
+) -> Any:
     """``net(x)`` on the :func:`fast_layout` of ``x``; a model that cannot take it is run on ``x`` as given.
 
     A forward that calls ``.view`` on a channels-last feature map fails ("view size is not
     compatible"); it is then run again on ``x`` itself (``before_retry`` resets what hooks stored).
+    ``twin`` (from :func:`cpu_twin`) is run instead of ``net`` when given; if its folding turns out
+    not to match the model's wiring (:class:`camlib.fold.FoldMismatch`), ``net`` is run.
     """
+    from .fold import FoldMismatch, clear
+
     fast = fast_layout(x)
-    if fast is x:
-        return net(x)
-    try:
-        return net(fast)
-    except RuntimeError as err:
-        if "view size is not compatible" not in str(err):
-            raise
-    if before_retry is not None:
-        before_retry()
-    return net(x)
+    inputs = [fast, x] if fast is not x else [x]
+    models = [twin, net] if twin is not None and twin is not net else [net]
+    first = True
+    for model in models:
+        for inp in inputs:
+            if not first and before_retry is not None:
+                before_retry()
+            first = False
+            try:
+                return model(inp)
+            except FoldMismatch:
+                break
+            except RuntimeError as err:
+                if "view size is not compatible" not in str(err) or inp is inputs[-1]:
+                    raise
+            finally:
+                if model is not net:
+                    clear(model)
+    raise AssertionError("unreachable: the last model's errors propagate")
 
 
 def forward_with_grad_at(
@@ -275,7 +302,8 @@ def forward_with_grad_at(
     ``A``. A clone of ``A`` flows on, so an in-place op right after the layer (ReLU
     with ``inplace=True``) cannot change the captured activation. Call inside
     :func:`eval_mode`; works inside ``torch.no_grad()`` / ``torch.inference_mode()`` too.
-    On the CPU the batch runs channels-last (:func:`forward_fast`). ``amp`` (``torch.bfloat16``
+    On the CPU the batch runs channels-last through the batch-norm-folded twin of ``net``
+    (:func:`forward_fast`, :func:`cpu_twin`). ``amp`` (``torch.bfloat16``
     or ``torch.float16``) runs the forward under :func:`torch.autocast` with that dtype; ``A``
     and the logits then come in the reduced precision.
 
@@ -322,13 +350,17 @@ def forward_with_grad_at(
 
     if reshape is not None and not callable(reshape) and not isinstance(reshape, (int, tuple, list)):
         raise TypeError(f"reshape must be (h, w), an int or a callable, got {type(reshape).__name__}.")
-    handle = module.register_forward_hook(hook)
+    twin = cpu_twin(net, x, keep=(name,))  # before our hook: a hooked net is not folded
+    handles = [module.register_forward_hook(hook)]
+    if twin is not net:
+        handles.append(twin.get_submodule(name).register_forward_hook(hook))
     autocast = torch.autocast(x.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     try:
         with torch.inference_mode(False), torch.no_grad(), autocast:
-            out = forward_fast(net, x, before_retry=reset)
+            out = forward_fast(net, x, before_retry=reset, twin=twin)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if "A" not in store:
         raise LayerError(f"Layer {name!r} was not called in the forward pass; pick a layer the model uses.")
     return store["A"], logits_of(out, output)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hooks import as_module, eval_mode, forward_fast, logits_of
+from ..hooks import as_module, cpu_twin, eval_mode, forward_fast, logits_of
 from ..targets import Targets, class_indices
 from ..viz import normalize, upsample
 
@@ -171,8 +171,9 @@ def _probs(net: nn.Module, batch: Tensor, classes: Tensor) -> Tensor:
 
 
 def _logits(net: nn.Module, batch: Tensor) -> Tensor:
-    """The net's logits for ``batch``, fed channels-last on the CPU (:func:`camlib.hooks.forward_fast`)."""
-    return logits_of(forward_fast(net, batch))
+    """The net's logits for ``batch``, fed channels-last to its batch-norm-folded twin on the CPU
+    (:func:`camlib.hooks.forward_fast`, :func:`camlib.hooks.cpu_twin`)."""
+    return logits_of(forward_fast(net, batch, twin=cpu_twin(net, batch)))
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hooks import eval_mode, forward_fast, logits_of
+from ..hooks import cpu_twin, eval_mode, forward_fast, logits_of
 from ..targets import Targets, class_indices
 from ..viz import upsample
 
@@ -207,6 +207,6 @@ def road(
             img, step = pairs[lo : lo + batch_size].to(x.device).unbind(1)
             removed = ranks[img] < counts[step, None, None]
             filled = linear_imputation(x[img], removed, noise, seed + lo, tol)  # image i: seed + pair index
-            logits = logits_of(forward_fast(net, filled))
+            logits = logits_of(forward_fast(net, filled, twin=cpu_twin(net, filled)))
             probs[img, step] = logits.softmax(1).gather(1, idx[img, None])[:, 0].to(probs.dtype)
     return Road(order, frac.float(), probs, probs.mean(1), idx)

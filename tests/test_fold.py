@@ -1,0 +1,227 @@
+"""Batch-norm folding on the CPU (camlib.fold): same numbers, the user's model untouched, safe fallbacks.
+
+References are the unfolded model's own outputs (``cpu_twin`` replaced by the identity), i.e.
+camlib as it ran before folding.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import camlib
+import camlib.hooks as hooks
+from camlib import fold
+
+EGYPTIAN_CAT = 285
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()
+    with torch.no_grad():  # non-trivial running statistics, so a wrong fold would show
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+@pytest.fixture
+def unfolded(monkeypatch: pytest.MonkeyPatch):
+    def use() -> None:
+        monkeypatch.setattr(hooks, "cpu_twin", lambda net, x, keep=(): net)
+
+    return use
+
+
+def _tiny() -> nn.Sequential:
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.2, 3.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    return net
+
+
+def test_every_pair_of_resnet_and_lite0_is_found(resnet18, real_model):
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in resnet18.modules())
+    assert len(fold.fold_pairs(resnet18)) == bns == 20
+    lite_bns = sum(isinstance(m, nn.BatchNorm2d) for m in real_model.net.modules())
+    assert len(fold.fold_pairs(real_model.net)) == lite_bns
+
+
+@pytest.mark.parametrize("which", ["tiny", "resnet18", "lite0"])
+def test_the_twin_computes_what_the_model_computes(which, resnet18, real_model, chelsea_x):
+    net = {"tiny": _tiny(), "resnet18": resnet18, "lite0": real_model.net}[which]
+    x = chelsea_x if which == "lite0" else torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    twin = fold.folded(net)
+    assert twin is not net
+    with torch.no_grad():
+        ref = net(x)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            assert _rel(twin(inp), ref) < 1e-5
+
+
+def test_the_twin_shares_every_tensor_and_the_model_is_untouched(resnet18):
+    before = {k: v.clone() for k, v in resnet18.state_dict().items()}
+    ptrs = {id(p) for p in resnet18.parameters()} | {id(b) for b in resnet18.buffers()}
+    twin = fold.folded(resnet18)
+    assert {id(p) for p in twin.parameters()} | {id(b) for b in twin.buffers()} <= ptrs
+    with torch.no_grad():
+        twin(torch.randn(1, 3, 64, 64))
+    assert all(torch.equal(v, before[k]) for k, v in resnet18.state_dict().items())
+    assert type(resnet18.bn1) is nn.BatchNorm2d and type(resnet18.conv1) is nn.Conv2d
+    assert not any(m._forward_hooks for m in resnet18.modules())
+
+
+def test_the_twin_is_cached_and_follows_the_models_weights():
+    net = _tiny()
+    x = torch.randn(2, 3, 16, 16)
+    twin = fold.folded(net)
+    assert fold.folded(net) is twin
+    with torch.no_grad():
+        net[1].running_var.mul_(4.0)  # in place: the shared tensor, seen by the twin
+        assert _rel(twin(x), net(x)) < 1e-5
+    net[3] = nn.Conv2d(8, 8, 3, padding=1).eval()  # a replaced module: a new twin
+    assert fold.folded(net) is not twin
+    with torch.no_grad():
+        assert _rel(fold.folded(net)(x), net(x)) < 1e-5
+
+
+def test_the_cache_does_not_keep_the_model_alive():
+    net = _tiny()
+    fold.folded(net)
+    n = len(fold._TWINS)
+    del net
+    gc.collect()
+    assert len(fold._TWINS) == n - 1
+
+
+def test_no_twin_for_a_hooked_or_training_model():
+    net = _tiny()
+    handle = net[2].register_forward_hook(lambda *a: None)
+    assert fold.folded(net) is net
+    handle.remove()
+    net[4].train()
+    assert fold.folded(net) is net
+
+
+def test_a_kept_convolution_is_not_folded(resnet18):
+    twin = fold.folded(resnet18, keep=("layer4.1.conv2",))
+    assert type(twin.get_submodule("layer4.1.conv2")) is nn.Conv2d
+    assert type(twin.get_submodule("layer4.1.bn2")) is nn.BatchNorm2d
+    assert type(twin.get_submodule("layer4.1.conv1")) is not nn.Conv2d  # folded
+
+
+class _Crossed(nn.Module):
+    """Named like torchvision's block but wired differently: bn1 reads conv2's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.conv1(x), self.conv2(x)
+        y = torch.cat([self.bn1(b), self.bn2(a)], 1)
+        return self.head(y.mean((2, 3)))
+
+
+_Crossed.__name__ = _Crossed.__qualname__ = "BasicBlock"
+_Crossed.__module__ = "torchvision.models.resnet"
+
+
+def test_a_wrongly_guessed_pairing_falls_back_to_the_model():
+    torch.manual_seed(3)
+    net = _Crossed().eval()
+    with torch.no_grad():
+        net.bn1.running_mean.fill_(1.0)
+    x = torch.randn(2, 3, 8, 8)
+    twin = fold.folded(net)
+    assert twin is not net
+    with pytest.raises(fold.FoldMismatch), torch.no_grad():
+        twin(x)
+    with torch.no_grad():
+        assert torch.equal(hooks.forward_fast(net, x, twin=twin), net(x.contiguous(memory_format=torch.channels_last)))
+    maps = camlib.gradcam(net, x, "bn1", targets=1)
+    with torch.no_grad():
+        assert maps.shape == (2, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("method", "layer"), [("gradcam", "layer4"), ("gradcam_pp", "layer3.1.bn2"), ("gradcam", "layer4.1.conv2")]
+)
+def test_gradient_maps_equal_the_unfolded_ones(resnet18, unfolded, method, layer):
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
+    fast = getattr(camlib, method)(resnet18, x, layer, [1, 2])
+    unfolded()
+    ref = getattr(camlib, method)(resnet18, x, layer, [1, 2])
+    assert _rel(fast, ref) < 1e-4
+
+
+def test_real_model_maps_and_metrics_equal_the_unfolded_ones(real_model, chelsea_x, unfolded):
+    from camlib.metrics import deletion_curve
+
+    maps = camlib.gradcam(real_model.net, chelsea_x, "bn2", EGYPTIAN_CAT)
+    fast = (maps, deletion_curve(real_model.net, chelsea_x, maps, EGYPTIAN_CAT, steps=4).probs)
+    unfolded()
+    ref = (
+        camlib.gradcam(real_model.net, chelsea_x, "bn2", EGYPTIAN_CAT),
+        deletion_curve(real_model.net, chelsea_x, maps, EGYPTIAN_CAT, steps=4).probs,
+    )
+    assert _rel(fast[0], ref[0]) < 1e-4
+    assert float((fast[1] - ref[1]).abs().max()) < 1e-5
+
+
+def test_scorecam_runs_the_black_image_once_for_all_dead_channels():
+    torch.manual_seed(5)
+    net = _tiny()
+    with torch.no_grad():
+        net[4].bias[:5] = -50.0  # five channels of the second block are zero after the ReLU
+    x = torch.rand(2, 3, 16, 16)
+    with camlib.capture(net, "5") as cap, torch.no_grad():
+        net(x)
+    dead = int((cap.activation.flatten(2).amax(2) == 0).sum())
+    assert dead >= 10  # at least the 5 channels x 2 images
+    seen: list[int] = []
+    handle = net.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].shape[0]))
+    try:
+        weights = camlib.family.scorecam_weights(net, x, cap.activation, [0, 3], batch_size=64, progress=False)
+    finally:
+        handle.remove()
+    assert sum(seen) == 2 + (16 - dead) + 1  # the logits, the live pairs, one black image
+    # by hand: every (image, channel) pair, one forward each
+    with torch.no_grad():
+        acts = cap.activation
+        up = nn.functional.interpolate(acts, size=(16, 16), mode="bilinear", align_corners=False)
+        lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
+        h = (up - lo) / (hi - lo + 1e-8)
+        ref = torch.stack([net(x[b] * h[b][:, None])[:, c] for b, c in [(0, 0), (1, 3)]]).softmax(1)
+    assert _rel(weights, ref) < 1e-5

@@ -85,7 +85,8 @@ def _conv_stem(dim: int, patch_size: int) -> nn.Sequential:
 
 
 def load_small_vit_shapes(name: str = "small_vit_shapes") -> LoadedModel:
-    """The shipped :class:`SmallViT` trained on ``shapes()`` as a :class:`~camlib.models.LoadedModel`.
+    """A shipped :class:`SmallViT` trained on ``shapes()`` as a :class:`~camlib.models.LoadedModel`:
+    ``"small_vit_shapes"`` (class-token head) or ``"small_vit_avg_shapes"`` (mean of the patch tokens).
 
     ``feature_layer`` is the last block, ``fc`` the head; ``.extra`` holds the training
     ``config`` and the per-epoch ``history``.

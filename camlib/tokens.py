@@ -137,12 +137,14 @@ def from_grid(tokens: Tensor, fold: Callable[[Tensor], Tensor], grid: Tensor) ->
     Raises:
         ValueError: ``fold`` computes new values (an average, a norm) instead of selecting.
     """
-    index = torch.arange(tokens.numel(), device=tokens.device, dtype=torch.float64).reshape(tokens.shape)
+    # the indices on the CPU, in float64 (exact up to 2**53; MPS has no float64)
+    index = torch.arange(tokens.numel(), dtype=torch.float64).reshape(tokens.shape)
     where = fold(index)
     if not isinstance(where, Tensor) or where.shape != grid.shape:
         raise _Error(f"reshape= returned {getattr(where, 'shape', type(where).__name__)}, expected {grid.shape}.")
     src = where.reshape(-1).round().long()
     ok = torch.equal(src.double(), where.reshape(-1)) and src.unique().numel() == src.numel()
+    src = src.to(tokens.device)
     if not ok or not torch.equal(tokens.reshape(-1)[src].reshape(grid.shape), fold(tokens)):
         raise _Error(
             "reshape= must only select and rearrange tokens (slicing, reshape, permute), so the map's "

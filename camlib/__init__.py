@@ -7,6 +7,8 @@ The core functions are importable from the top level::
     x = model.preprocess(camlib.load_image("chelsea"))
     maps = camlib.cam(model, x)                      # (1, 7, 7)
     maps = camlib.scorecam(model.net, x, "bn2")      # or hirescam, xgradcam, layercam, ablationcam, eigencam
+    maps = camlib.gradcam(vit, x, "blocks.10")      # a Vision Transformer's tokens, on the patch grid
+    maps = camlib.attention_rollout(vit, x)         # (1, 14, 14) for timm's vit_tiny_patch16_224
     camlib.overlay(camlib.load_image("chelsea"), maps[0])
 
 Submodules ``camlib.widgets``, ``camlib.synthetic`` and ``camlib.metrics`` load on
@@ -24,6 +26,7 @@ from .family import ablationcam, eigencam, fuse_layers, hirescam, layercam, scor
 from .hooks import LayerError, capture, eval_mode, layer_names, resolve_layer
 from .methods import CamError, cam, gradcam, gradcam_pp, guided_backprop, guided_gradcam, layer_gradients
 from .models import LoadedModel, imagenet_classes, load_model, model_names
+from .rollout import attention_rollout
 from .viz import normalize, overlay, show_maps, upsample
 
 __version__ = "0.1.0"
@@ -31,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CamError",
     "ablationcam",
+    "attention_rollout",
     "eigencam",
     "fuse_layers",
     "hirescam",

@@ -34,9 +34,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .device import exact
-from .hooks import Layer, LayerError, capture, cpu_twin, eval_mode, forward_fast, logits_of, resolve_layer
+from .hooks import (
+    Capture,
+    Layer,
+    LayerError,
+    as_module,
+    capture,
+    cpu_twin,
+    eval_mode,
+    forward_fast,
+    logits_of,
+    resolve_layer,
+)
 from .methods import _many, layer_gradients, weighted_map
 from .targets import Targets, class_indices, is_many
+from .tokens import Reshape, token_grid
+from .tokens import _Error as TokenError
 from .viz import upsample
 
 __all__ = [
@@ -68,12 +81,14 @@ def _check_x(x: Tensor) -> None:
         raise ValueError(f"x must be a batch of images (B, C, H, W), got {got}; for one image use x[None].")
 
 
-def _gradients(net: nn.Module, x: Tensor, layer: Layer, targets: Targets, output: Output) -> tuple[Tensor, Tensor]:
+def _gradients(
+    net: nn.Module, x: Tensor, layer: Layer, targets: Targets, output: Output, reshape: Reshape = None
+) -> tuple[Tensor, Tensor]:
     """``(acts, grads)`` from :func:`camlib.methods.layer_gradients`, with a clear error for a layer
     whose output does not reach the logits (autograd's own message names no layer)."""
     _check_x(x)
     try:
-        acts, grads, _ = layer_gradients(net, x, layer, targets, output)
+        acts, grads, _ = layer_gradients(net, x, layer, targets, output, reshape=reshape)
     except RuntimeError as err:
         if "not have been used in the graph" not in str(err) and "does not require grad" not in str(err):
             raise
@@ -92,7 +107,9 @@ def hirescam_map(acts: Tensor, grads: Tensor) -> Tensor:
 
 
 @exact
-def hirescam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
+def hirescam(
+    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None, reshape: Reshape = None
+) -> Tensor:
     r"""HiResCAM (Draelos & Carin 2020, arXiv:2011.08891), raw and signed ``(B, h, w)``.
 
     .. math:: L^c = \sum_k \frac{\partial y^c}{\partial A^k} \odot A^k
@@ -105,7 +122,7 @@ def hirescam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, o
 
     >>> maps = camlib.hirescam(net, x, "layer4", targets=281)   # doctest: +SKIP
     """
-    acts, grads = _gradients(net, x, layer, targets, output)
+    acts, grads = _gradients(net, x, layer, targets, output, reshape)
     return hirescam_map(acts, grads)
 
 
@@ -121,7 +138,9 @@ def xgradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
 
 
 @exact
-def xgradcam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
+def xgradcam(
+    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None, reshape: Reshape = None
+) -> Tensor:
     r"""XGrad-CAM (Fu et al. 2020, arXiv:2008.02312), raw ``(B, h, w)``.
 
     .. math:: \alpha^c_k = \sum_{i,j} \frac{A^k_{ij}}{\sum_{a,b} A^k_{ab}}
@@ -133,7 +152,7 @@ def xgradcam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, o
     channel :math:`k`'s share :math:`\alpha_k \sum_{ij} A^k_{ij}` is what the score
     loses without it (*sensitivity*); both hold exactly at a GAP + linear head.
     """
-    acts, grads = _gradients(net, x, layer, targets, output)
+    acts, grads = _gradients(net, x, layer, targets, output, reshape)
     return weighted_map(xgradcam_weights(acts, grads), acts)
 
 
@@ -143,7 +162,9 @@ def layercam_map(acts: Tensor, grads: Tensor) -> Tensor:
 
 
 @exact
-def layercam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None) -> Tensor:
+def layercam(
+    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None, reshape: Reshape = None
+) -> Tensor:
     r"""LayerCAM (Jiang et al. 2021, IEEE TIP, doi:10.1109/TIP.2021.3089943), raw ``(B, h, w)``.
 
     .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \mathrm{ReLU}\Big(\frac{\partial y^c}{\partial A^k}\Big) \odot A^k\Big)
@@ -152,7 +173,7 @@ def layercam(net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, o
     change sign from pixel to pixel and Grad-CAM's average cancels) still give a map.
     Combine several layers with :func:`fuse_layers`.
     """
-    acts, grads = _gradients(net, x, layer, targets, output)
+    acts, grads = _gradients(net, x, layer, targets, output, reshape)
     return layercam_map(acts, grads)
 
 
@@ -325,6 +346,7 @@ def scorecam(
     _check_batch_size(batch_size)
     with capture(net, layer) as cap, torch.no_grad():
         net(x)
+    _no_tokens(cap, "Score-CAM")
     weights = scorecam_weights(net, x, cap.activation, targets, batch_size, progress, align_corners, output)
     acts = cap.activation.expand(weights.shape[0], *cap.activation.shape[1:])
     return weighted_map(weights.to(acts.dtype), acts)
@@ -416,12 +438,24 @@ def ablationcam(
     _check_batch_size(batch_size)
     with capture(net, layer) as cap, torch.no_grad():
         net(x)
+    _no_tokens(cap, "Ablation-CAM")
     weights = ablationcam_weights(net, x, layer, cap.activation, targets, batch_size, progress, output)
     acts = cap.activation.expand(weights.shape[0], *cap.activation.shape[1:])
     return weighted_map(weights.to(acts.dtype), acts)
 
 
 # --------------------------------------------------------------------------- class-free
+
+
+def _no_tokens(cap: Capture, method: str) -> None:
+    """A clear error for a token layer (B, N, C) given to a method that masks or zeroes feature-map channels."""
+    act = cap.activation
+    if isinstance(act, Tensor) and act.dim() == 3:
+        raise LayerError(
+            f"Layer {cap.name!r} outputs tokens {tuple(act.shape)}: {method} is implemented for feature maps "
+            "(B, C, h, w) only. On a transformer's tokens use a gradient method (camlib.gradcam, gradcam_pp, "
+            "hirescam, xgradcam, layercam), camlib.eigencam or camlib.attention_rollout."
+        )
 
 
 def eigencam_weights(acts: Tensor, center: bool = False) -> Tensor:
@@ -450,7 +484,13 @@ def eigencam_map(acts: Tensor, center: bool = False) -> Tensor:
 
 @exact
 def eigencam(
-    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, center: bool = False, output: Output = None
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets = None,
+    center: bool = False,
+    output: Output = None,
+    reshape: Reshape = None,
 ) -> Tensor:
     r"""Eigen-CAM (Muhammad & Yeasin 2020, arXiv:2008.00299), raw ``(B, h, w)``. No class, no gradient.
 
@@ -460,7 +500,9 @@ def eigencam(
     their first right singular vector: the pattern that explains most of the layer's
     activity, whatever the class. With non-negative activations (after a ReLU) it is
     non-negative. ``center=True`` subtracts each channel's mean first, as
-    pytorch-grad-cam does (its map is then :math:`(A - \bar A) v_1`, with signs).
+    pytorch-grad-cam does (its map is then :math:`(A - \bar A) v_1`, with signs). On a
+    transformer's tokens ``(B, N, C)`` the patch tokens are folded into their grid first, as
+    for the gradient methods (``reshape=`` as in :func:`camlib.layer_gradients`).
 
     Raises:
         ValueError: ``targets`` given: Eigen-CAM explains no class.
@@ -474,4 +516,15 @@ def eigencam(
     _check_x(x)
     with capture(net, layer) as cap, torch.no_grad():
         logits_of(net(x), output)
-    return eigencam_map(cap.activation, center)
+    acts = cap.activation
+    if acts.dim() == 3 or callable(reshape):  # a transformer's tokens: the patch grid (camlib.tokens)
+        acts = _token_map(net, cap, x, reshape)
+    return eigencam_map(acts, center)
+
+
+def _token_map(net: nn.Module, cap: Capture, x: Tensor, reshape: Reshape) -> Tensor:
+    try:
+        fold = reshape if callable(reshape) else token_grid(as_module(net), cap.activation, x, reshape)
+        return fold(cap.activation)
+    except TokenError as err:
+        raise LayerError(f"Layer {cap.name!r}: {err}") from None

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .tokens import Reshape
+
 __all__ = [
     "LayerError",
     "resolve_layer",
@@ -290,6 +292,7 @@ def forward_with_grad_at(
     layer: Layer,
     output: Callable[[Any], Tensor] | None = None,
     amp: torch.dtype | None = None,
+    reshape: Reshape = None,
 ) -> tuple[Tensor, Tensor]:
     """Forward ``x`` and return ``(A, logits)`` where ``A`` is the layer's output as a
     leaf that requires grad, so ``torch.autograd.grad(score, A)`` gives ``dscore/dA``.
@@ -304,9 +307,16 @@ def forward_with_grad_at(
     or ``torch.float16``) runs the forward under :func:`torch.autocast` with that dtype; ``A``
     and the logits then come in the reduced precision.
 
+    A layer that outputs tokens ``(B, N, C)`` (a Vision Transformer's block) gives ``A`` as the
+    patch tokens folded into their grid ``(B, C, h, w)`` (:mod:`camlib.tokens`): the grid from
+    ``reshape=`` (``(h, w)``, or a callable ``tokens -> (B, C, h, w)`` that only selects and
+    rearranges), else from the model (timm's ``patch_embed`` and ``num_prefix_tokens``). The
+    forward goes on with the tokens rebuilt from ``A`` (the class token as it was).
+
     Raises:
         LayerError: the layer's output is not a spatial feature map ``(B, C, h, w)``
-            with ``h * w > 1``, the layer is not called, or it is called twice.
+            with ``h * w > 1`` nor tokens whose grid is known, the layer is not called, or it
+            is called twice.
         TypeError: the model returns a tuple/dict and no ``output=`` picks the logits.
     """
     net = as_module(net)
@@ -320,6 +330,8 @@ def forward_with_grad_at(
                 "too small for a map at this layer. Give a larger input (e.g. the 224×224 the net was "
                 "trained on) or an earlier layer; camlib.layer_names(net, x=x) lists those with a map."
             )
+        if isinstance(out, Tensor) and (callable(reshape) or (out.dim() == 3 and out.shape[1] > 1)):
+            return _tokens_leaf(net, name, module, out, x, reshape, store)
         if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1):
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise LayerError(
@@ -336,6 +348,8 @@ def forward_with_grad_at(
         store.clear()
         torch.set_grad_enabled(False)
 
+    if reshape is not None and not callable(reshape) and not isinstance(reshape, (int, tuple, list)):
+        raise TypeError(f"reshape must be (h, w), an int or a callable, got {type(reshape).__name__}.")
     twin = cpu_twin(net, x, keep=(name,))  # before our hook: a hooked net is not folded
     handles = [module.register_forward_hook(hook)]
     if twin is not net:
@@ -350,3 +364,32 @@ def forward_with_grad_at(
     if "A" not in store:
         raise LayerError(f"Layer {name!r} was not called in the forward pass; pick a layer the model uses.")
     return store["A"], logits_of(out, output)
+
+
+def _tokens_leaf(
+    net: nn.Module, name: str, module: nn.Module, out: Tensor, x: Tensor, reshape: Reshape, store: dict[str, Tensor]
+) -> Tensor:
+    """The hook's work for a token output: ``store["A"]`` = the grid as a leaf; returns tokens built from it."""
+    from . import tokens
+
+    if "A" in store:
+        raise LayerError(f"Layer {name!r} runs more than once per forward; pick a layer used once.")
+    try:
+        if callable(reshape):
+            fold: Callable[[Tensor], Tensor] = reshape
+        else:
+            why = tokens.qkv_like(module, name, out, net) if out.dim() == 3 else None
+            if why is not None:
+                raise tokens._Error(why)
+            if out.dim() != 3:
+                raise tokens._Error(f"it outputs {tuple(out.shape)}; reshape=(h, w) is for tokens (B, N, C).")
+            fold = tokens.token_grid(net, out, x, reshape)
+        grid = fold(out.detach())
+        if not (isinstance(grid, Tensor) and grid.dim() == 4 and grid.shape[-2] * grid.shape[-1] > 1):
+            got = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
+            raise tokens._Error(f"reshape= folds its output into {got}, not a map (B, C, h, w) with h * w > 1.")
+        store["A"] = grid.detach().contiguous().requires_grad_(True)
+        torch.set_grad_enabled(True)  # the rest of the forward builds a graph from A
+        return tokens.from_grid(out.detach(), fold, store["A"])
+    except tokens._Error as err:
+        raise LayerError(f"Layer {name!r}: {err}") from None

@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 from .device import amp_dtype, exact
 from .hooks import Layer, as_module, eval_mode, forward_fast, forward_with_grad_at, logits_of, resolve_layer
 from .targets import Targets, check_kind, class_indices, is_many, scores
+from .tokens import Reshape
 from .viz import normalize, upsample
 
 __all__ = [
@@ -245,6 +246,7 @@ def layer_gradients(
     targets: Targets = None,
     output: Output = None,
     amp: bool | torch.dtype = False,
+    reshape: Reshape = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Activations :math:`A` of ``layer``, gradients :math:`\partial y^c / \partial A` and logits.
 
@@ -261,22 +263,32 @@ def layer_gradients(
     are chosen on float32 logits, and the returned tensors are float32, so every method's own
     arithmetic stays in float32; a non-finite gradient in reduced precision (float16
     overflow) makes the call fall back to float32, with a warning, never a NaN map.
+
+    A transformer layer's tokens ``(B, N, C)`` come as their patch grid ``(B, C, h, w)``, the
+    class token dropped (:mod:`camlib.tokens`); ``reshape=(h, w)`` or a callable where camlib
+    cannot tell the grid from the model.
     """
     net = as_module(net)
     low = amp_dtype(x.device, amp)
     if low is not None:
-        out = _layer_gradients(net, x, layer, targets, output, low)
+        out = _layer_gradients(net, x, layer, targets, output, low, reshape)
         if all(bool(t.isfinite().all()) for t in out):
             return out
         warnings.warn(f"layer_gradients: non-finite values in {low}; recomputed in float32.", stacklevel=2)
-    return _layer_gradients(net, x, layer, targets, output, None)
+    return _layer_gradients(net, x, layer, targets, output, None, reshape)
 
 
 def _layer_gradients(
-    net: nn.Module, x: Tensor, layer: Layer, targets: Targets, output: Output, amp: torch.dtype | None
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets,
+    output: Output,
+    amp: torch.dtype | None,
+    reshape: Reshape = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
-        acts, logits = forward_with_grad_at(net, x, layer, output, amp)
+        acts, logits = forward_with_grad_at(net, x, layer, output, amp, reshape)
         if amp is not None:  # targets and the returned tensors in float32; the model's own dtype otherwise
             logits = logits.float()
         if x.shape[0] == 1 and is_many(targets):
@@ -306,6 +318,7 @@ def gradcam(
     counterfactual: bool = False,
     output: Output = None,
     amp: bool | torch.dtype = False,
+    reshape: Reshape = None,
 ) -> Tensor:
     r"""Grad-CAM (Selvaraju et al. 2017, arXiv:1610.02391), raw ``(B, h, w)``.
 
@@ -315,8 +328,15 @@ def gradcam(
     ``counterfactual=True`` negates the gradients (the paper's counterfactual
     explanations): regions whose removal would *raise* the class score. ``amp=True``: the
     forward in reduced precision, the map in float32 (see :func:`layer_gradients`).
+
+    On a Vision Transformer's block (tokens ``(B, N, C)``) the map is on the patch grid:
+    ``camlib.gradcam(vit, x, "blocks.11")`` is ``(B, 14, 14)`` for timm's ``vit_tiny_patch16_224``;
+    ``reshape=(h, w)`` or a callable where the grid cannot be inferred (see :func:`layer_gradients`).
+    With a class-token head the *last* block's map is all zero (its patch tokens never reach the
+    logits: the class token read them inside that block); take the block before, or the last
+    block's ``norm1``.
     """
-    acts, grads, _ = layer_gradients(net, x, layer, targets, output, amp)
+    acts, grads, _ = layer_gradients(net, x, layer, targets, output, amp, reshape)
     return weighted_map(gradcam_weights(grads, counterfactual), acts)
 
 
@@ -346,6 +366,7 @@ def gradcam_pp(
     targets: Targets = None,
     output: Output = None,
     amp: bool | torch.dtype = False,
+    reshape: Reshape = None,
 ) -> Tensor:
     r"""Grad-CAM++ (Chattopadhyay et al. 2018, arXiv:1710.11063), raw ``(B, h, w)``.
 
@@ -359,7 +380,7 @@ def gradcam_pp(
     with :math:`\alpha = 0` where the denominator is 0. ``amp=True``: the forward in reduced
     precision, the coefficients and the map in float32 (see :func:`layer_gradients`).
     """
-    acts, grads, _ = layer_gradients(net, x, layer, targets, output, amp)
+    acts, grads, _ = layer_gradients(net, x, layer, targets, output, amp, reshape)
     return weighted_map(gradcam_pp_weights(acts, grads), acts)
 
 

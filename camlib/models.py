@@ -210,11 +210,22 @@ def _small_gap_shapes() -> LoadedModel:
     return load_small_gap_shapes()
 
 
+def _small_vit(name: str) -> Callable[[], LoadedModel]:
+    def load() -> LoadedModel:
+        from .vitnet import load_small_vit_shapes
+
+        return load_small_vit_shapes(name)
+
+    return load
+
+
 _LOADERS: dict[str, Callable[[], LoadedModel]] = {
     "efficientnet_lite0": _efficientnet_lite0,
     "resnet18": _torchvision_resnet("resnet18"),
     "resnet50": _torchvision_resnet("resnet50"),
     "small_gap_shapes": _small_gap_shapes,
+    "small_vit_shapes": _small_vit("small_vit_shapes"),
+    "small_vit_avg_shapes": _small_vit("small_vit_avg_shapes"),
 }
 
 

@@ -270,6 +270,8 @@ def train_run(
 
     history = fit(net, images, labels, on_epoch_end=on_epoch_end, **fit_kwargs)
     config = {"arch": type(net).__name__, "widths": list(net.widths), "epochs": len(history), "n_train": len(images)}
+    if getattr(net, "kwargs", None):  # e.g. SmallViT's global_pool and patch_size
+        config["kwargs"] = dict(net.kwargs)
     return TrainingRun(net, history, checkpoints, config)
 
 
@@ -294,14 +296,20 @@ _ARCHS: dict[str, type[nn.Module]] = {"SmallGapNet": SmallGapNet, "SmallFlatNet"
 
 
 def load_run(name: str = "small_gap_shapes", folder: str | os.PathLike | None = None) -> TrainingRun:
-    """Load what :func:`save_run` wrote (the shipped runs: ``"small_gap_shapes"``, ``"small_flat_shapes"``)."""
+    """Load what :func:`save_run` wrote (the shipped runs: ``"small_gap_shapes"``, ``"small_flat_shapes"``,
+    ``"small_vit_shapes"``)."""
     folder = Path(folder) if folder is not None else weights_dir()
     path = folder / f"{name}.pt"
     if not path.is_file():
         raise FileNotFoundError(f"No trained weights at {path}; train them with camlib.smallnet.train_run.")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     config = blob["config"]
-    net = _ARCHS[config["arch"]](num_classes=len(blob["classes"]), widths=tuple(config["widths"]), seed=None)
+    if config["arch"] == "SmallViT":  # timm is imported only for it
+        from .vitnet import SmallViT
+
+        _ARCHS["SmallViT"] = SmallViT
+    arch = _ARCHS[config["arch"]]
+    net = arch(num_classes=len(blob["classes"]), widths=tuple(config["widths"]), seed=None, **config.get("kwargs", {}))
     net.load_state_dict(blob["state_dict"])
     history_path, kept_path = folder / f"{name}_history.json", folder / f"{name}_checkpoints.pt"
     history = json.loads(history_path.read_text()) if history_path.is_file() else []

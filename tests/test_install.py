@@ -62,7 +62,7 @@ def test_wheel_carries_the_data(wheel: tuple[Path, str]) -> None:
     import zipfile
 
     names = set(zipfile.ZipFile(wheel[0]).namelist())
-    for f in ("chelsea.png", "small_gap_shapes.pt", "small_flat_shapes.pt", "CREDITS.md"):
+    for f in ("chelsea.png", "small_gap_shapes.pt", "small_flat_shapes.pt", "small_vit_shapes.pt", "CREDITS.md"):
         assert f"camlib/_data/{f}" in names, sorted(n for n in names if "_data" in n)
 
 

@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/bench_scorecam.py                      # resnet18, batch 16, 224 x 224
     .venv/bin/python benchmarks/bench_scorecam.py --batch 4 --size 64  # a quick run
+    .venv/bin/python benchmarks/bench_scorecam.py --model lite0 --batch 2  # real weights, sample photos
 
-Same model (torchvision ``resnet18(weights=None)``, seeded), layer ``layer4``, batch, one
-target per image, CPU unless CAMLIB_DEVICE says otherwise. Each library runs once after a
+Same model (torchvision ``resnet18(weights=None)``, seeded, layer ``layer4``, random inputs; or
+``--model lite0``: EfficientNet-Lite0 with its real weights at ``bn2`` on the sample photos, where
+many channels are all zero after the ReLU6 and camlib runs one black image for all of them),
+batch, one target per image, CPU unless CAMLIB_DEVICE says otherwise. Each library runs once after a
 plain forward (the yardstick); pytorch-grad-cam's ``batch_size`` is its default (16), camlib's
 ``--chunk``. Prints the times, the speed-up and the largest difference of the shown maps
 (min-max normalised at the input size, camlib with ``align_corners=True`` as theirs).
@@ -25,6 +28,7 @@ import camlib
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=["resnet18", "lite0"], default="resnet18")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--chunk", type=int, default=64, help="camlib's batch_size (images per forward)")
@@ -33,13 +37,27 @@ def main() -> None:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     device = camlib.get_device()
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18(weights=None).eval().to(device)
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(device)
-    targets = [(7 * i) % 1000 for i in range(args.batch)]
+    if args.model == "lite0":
+        loaded = camlib.load_model("efficientnet_lite0", device)
+        net, layer = loaded.net, "bn2"
+        names = camlib.sample_names()
+        photos = [camlib.load_image(names[i % len(names)]) for i in range(args.batch)]
+        x = torch.cat([loaded.preprocess(p, args.size) for p in photos])
+        with torch.no_grad():
+            targets = net(x).argmax(1).tolist()
+        what = "EfficientNet-Lite0 (real weights), bn2, sample photos"
+    else:
+        torch.manual_seed(0)
+        net, layer = torchvision.models.resnet18(weights=None).eval().to(device), "layer4"
+        x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(device)
+        targets = [(7 * i) % 1000 for i in range(args.batch)]
+        what = "resnet18 (random weights), layer4"
+    with camlib.capture(net, layer) as cap, torch.no_grad():
+        net(x)
+    dead = float((cap.activation.flatten(2).amax(2) == 0).float().mean())
     print(
-        f"resnet18 (random weights), layer4, batch {args.batch}, {args.size} x {args.size}, {device}, "
-        f"{torch.get_num_threads()} threads"
+        f"{what}, batch {args.batch}, {args.size} x {args.size}, {device}, "
+        f"{torch.get_num_threads()} threads; {dead:.0%} of the (image, channel) maps are all zero"
     )
 
     t = time.perf_counter()
@@ -48,12 +66,13 @@ def main() -> None:
     print(f"  one forward of the batch      {time.perf_counter() - t:7.2f} s")
 
     t = time.perf_counter()
-    ours = camlib.scorecam(net, x, "layer4", targets, batch_size=args.chunk, progress=False, align_corners=True)
+    ours = camlib.scorecam(net, x, layer, targets, batch_size=args.chunk, progress=False, align_corners=True)
     t_ours = time.perf_counter() - t
     print(f"  camlib.scorecam               {t_ours:7.2f} s   (batch_size={args.chunk})")
 
     t = time.perf_counter()
-    with contextlib.redirect_stderr(io.StringIO()), ScoreCAM(model=net, target_layers=[net.layer4]) as cam:
+    hooked = [net.get_submodule(layer)]
+    with contextlib.redirect_stderr(io.StringIO()), ScoreCAM(model=net, target_layers=hooked) as cam:
         theirs = torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in targets]))
     t_theirs = time.perf_counter() - t
     print(f"  pytorch-grad-cam ScoreCAM     {t_theirs:7.2f} s   (its batch_size=16)")

@@ -89,7 +89,9 @@ def main() -> None:
 
     def layer_move(name: str) -> Callable[[], None]:
         def move() -> None:
-            ex._grads.clear()  # uncached: one forward and one backward, as on a first visit
+            # uncached: one forward and one backward, as on a first visit
+            ex._cache = type(ex._cache)()
+            ex._graph, ex._graph_bytes = None, 0
             ex.layer_control.value = name
 
         return move

@@ -96,7 +96,9 @@ class Explorer:
         size: input size for :meth:`model.preprocess`; ``max_side``: longest side of the picture;
         ``image_format``: "jpeg" (default; encodes in well under a millisecond) or "png" (lossless,
         ~10 ms at 360 px); ``threads``: torch CPU threads while a move is computed, restored after
-        (default ``None``: torch's setting, so ``current_map`` equals the camlib call bit for bit;
+        (default ``None``: torch's setting, so ``current_map`` equals the camlib call bit for bit, unless
+        a hook was on the model during one of the two forwards: a hooked model runs without batch-norm
+        folding (:mod:`camlib.fold`) and agrees to float rounding;
         ``threads=1`` is several times faster when other processes keep the cores busy, because
         the work per move is small and a second thread mostly waits for a busy core, but sums
         then run in another order, so maps equal the camlib call to rounding, not bit for bit:

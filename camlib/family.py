@@ -312,7 +312,7 @@ def scorecam_weights(
             return logits_of(forward_fast(net, masked, twin=twin), output)
 
         # An all-zero channel gives H = 0 exactly, so x ⊙ H is the black image for every such pair.
-        dead = acts.flatten(2).amax(2).eq(0) & acts.flatten(2).amin(2).eq(0)
+        dead = acts.flatten(2).eq(0).all(dim=2)
         black = (dead, lambda: logits_of(forward_fast(net, torch.zeros_like(x[:1]), twin=twin), output))
         logits = _per_channel_logits(run, x.shape[0], acts.shape[1], batch_size, progress, "Score-CAM", black)
     return _score_weights(logits, images, classes).softmax(dim=1)

@@ -203,10 +203,11 @@ def road(
         counts = (frac * h * w).round().long().to(x.device)
         pairs = torch.cartesian_prod(torch.arange(b), torch.arange(len(frac)))
         probs = torch.empty(b, len(frac), device=x.device)
+        twin = cpu_twin(net, x)  # once: every chunk runs the same (folded, on the CPU) model
         for lo in tqdm(range(0, len(pairs), batch_size), desc=f"ROAD {order}", disable=not progress, leave=False):
             img, step = pairs[lo : lo + batch_size].to(x.device).unbind(1)
             removed = ranks[img] < counts[step, None, None]
             filled = linear_imputation(x[img], removed, noise, seed + lo, tol)  # image i: seed + pair index
-            logits = logits_of(forward_fast(net, filled, twin=cpu_twin(net, filled)))
+            logits = logits_of(forward_fast(net, filled, twin=twin))
             probs[img, step] = logits.softmax(1).gather(1, idx[img, None])[:, 0].to(probs.dtype)
     return Road(order, frac.float(), probs, probs.mean(1), idx)

@@ -15,8 +15,11 @@ in milliseconds (median of ``--repeat`` interleaved rounds, after warm-up):
   forward, the map's arithmetic in fp32) and ``camlib.gradcam_pp(amp=True)``;
 - pytorch-grad-cam's and torchcam's GradCAM.
 
-Ratios are to the fp32 forward. On CUDA the peak memory of each call over the model and input
-(``torch.cuda.max_memory_allocated``) is printed too; CPU memory is in ``bench_methods.py``.
+Ratios are to the fp32 forward. On the CPU the CPU time of the process (``time.process_time``) is
+printed beside the wall time: on a shared machine it does not count the time another tenant held
+the core (``--threads 1`` makes it the plainest measure of the work). On CUDA the peak memory of
+each call over the model and input (``torch.cuda.max_memory_allocated``) is printed too; CPU memory
+is in ``bench_methods.py``.
 
 Then the accuracy of ``amp=True`` against fp32 on the real model and the sample photos: max
 relative difference, Spearman rank correlation and whether any map has a NaN.
@@ -95,14 +98,16 @@ def time_and_memory(fns: dict[str, Callable], x: torch.Tensor, repeat: int) -> t
         fn(x)
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(repeat):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fns[name](x)
             sync(device)
             times[name].append(1000 * (time.perf_counter() - t0))
+            cpu[name].append(1000 * (time.process_time() - c0))
     mem: dict[str, float] = {}
     if device.type == "cuda":
         for name, fn in fns.items():
@@ -112,6 +117,8 @@ def time_and_memory(fns: dict[str, Callable], x: torch.Tensor, repeat: int) -> t
             fn(x)
             sync(device)
             mem[name] = (torch.cuda.max_memory_allocated() - base) / 2**30
+    if device.type == "cpu":
+        mem = {k: statistics.median(v) for k, v in cpu.items()}  # CPU time, in place of CUDA memory
     return {k: statistics.median(v) for k, v in times.items()}, mem
 
 
@@ -139,7 +146,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", default=None, help="model:batch,... (default by device)")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     default = "resnet50:8,lite0:16" if device.type == "cpu" else "resnet50:256,resnet50:64,resnet50:1,lite0:256,lite0:1"
     what = device.type if device.type == "cpu" else torch.cuda.get_device_name(device)
@@ -155,9 +165,16 @@ def main() -> None:
         x = torch.randn(int(batch), 3, 224, 224, device=device)
         ms, mem = time_and_memory(calls(net, layer, targets, device), x, args.repeat)
         base = ms["fp32 forward"]
-        cells = [
-            f"{k} {v:.1f} ms ({v / base:.2f}x)" + (f" {mem[k]:.1f} GiB" if k in mem else "") for k, v in ms.items()
-        ]
+        if device.type == "cpu":
+            cpu_base = mem["fp32 forward"]
+            cells = [
+                f"{k} {v:.1f} ms ({v / base:.2f}x); CPU time {mem[k]:.0f} ms ({mem[k] / cpu_base:.2f}x)"
+                for k, v in ms.items()
+            ]
+        else:
+            cells = [
+                f"{k} {v:.1f} ms ({v / base:.2f}x)" + (f" {mem[k]:.1f} GiB" if k in mem else "") for k, v in ms.items()
+            ]
         print(f"\n{name} {layer}, batch {batch}:\n  " + "\n  ".join(cells))
         if "camlib amp" in ms:
             print(f"  throughput of amp vs fp32 camlib: Grad-CAM {ms['camlib'] / ms['camlib amp']:.2f}x")

@@ -19,6 +19,13 @@ Only pairs whose wiring is known are folded: a convolution followed by its batch
 EfficientNet/MobileNet blocks (their ``forward`` is read, not guessed). A folded batch norm checks
 at run time that its input is its convolution's output; if the model is wired differently the
 call raises :class:`FoldMismatch` and camlib runs the original model instead.
+
+Where the folded convolution is followed by a ReLU or ReLU6 whose place is known (timm's
+``BatchNormAct2d``, a ReLU right after the pair in an ``nn.Sequential``, torchvision's ResNet
+blocks), the activation runs inside oneDNN's convolution as a post-op, and in a ResNet block the
+residual sum too (``ReLU(conv(x) + identity)``): one pass over the feature map instead of three.
+The activation is the same function on the same values (bitwise for ReLU and ReLU6); the sum
+may round differently in the last bit.
 """
 
 from __future__ import annotations
@@ -99,38 +106,74 @@ def fold_pairs(net: nn.Module) -> list[tuple[str, str]]:
 
 
 _MKLDNN = torch.backends.mkldnn.is_available()
+# activations oneDNN applies as a post-op of the convolution, with the same result: attr, scalars
+_POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
+
+
+def _pointwise() -> object | None:
+    """``torch.ops.mkldnn._convolution_pointwise`` (convolution with fused post-ops), if this build has it."""
+    try:
+        return torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
 
 
 class _FoldedConv(nn.Module):
-    """``conv`` then ``bn`` (eval mode) as one convolution; weights scaled per call from the shared tensors."""
+    """``conv`` then ``bn`` (eval mode) as one convolution; weights scaled per call from the shared tensors.
+
+    ``act`` (a ReLU or ReLU6 that follows the batch norm) is applied here, as oneDNN's post-op on
+    the CPU; ``other`` (a ResNet block's identity) is added before it.
+    """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         super().__init__()
         self.conv, self.bn = conv, bn
+        self.act: nn.Module | None = None
+        self.tracked = True  # remember the output for the batch norm's wiring check
         self.last: Tensor | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, other: Tensor | None = None) -> Tensor:
         conv, bn = self.conv, self.bn
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
         if conv.bias is not None:
             shift = shift + conv.bias * scale
-        w = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
-        if (
+        fast = (
             _MKLDNN
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and not torch.is_grad_enabled()
-            and (
-                isinstance(conv.padding, tuple)  # not "same"/"valid"
-            )
-        ):
-            # oneDNN with the bias fused (PyTorch sends 1×1 convolutions to a GEMM that adds a bias in an
-            # extra pass over the output, which is what folding saves)
-            out = torch.mkldnn_convolution(x, w, shift, conv.padding, conv.stride, conv.dilation, conv.groups)
+            and isinstance(conv.padding, tuple)  # not "same"/"valid"
+        )
+        scale = scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
+        if fast and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            # the scaled weights written in the input's layout: oneDNN would copy them into it otherwise
+            w = torch.mul(conv.weight, scale, out=torch.empty_like(conv.weight, memory_format=torch.channels_last))
         else:
-            out = F.conv2d(x, w, shift.to(w.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
-        self.last = out
+            w = conv.weight * scale
+        args = (conv.padding, conv.stride, conv.dilation, conv.groups)
+        post = _POST_OPS.get(type(self.act)) if self.act is not None else None
+        fused = _pointwise() if fast and (other is not None or post is not None) else None
+        if fused is not None and other is not None and other.dtype != x.dtype:
+            fused = None
+        if fused is not None and other is not None:
+            attr, scalars = post if post is not None else (None, [])
+            out = fused.binary(x, other, w, shift, *args, "add", None, attr, scalars, None)
+        elif fused is not None:
+            out = fused(x, w, shift, *args, post[0], post[1], "")
+        else:
+            if fast:
+                # oneDNN with the bias fused (PyTorch sends 1×1 convolutions to a GEMM that adds a bias in
+                # an extra pass over the output, which is what folding saves)
+                out = torch.mkldnn_convolution(x, w, shift, *args)
+            else:
+                out = F.conv2d(x, w, shift.to(w.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+            if other is not None:
+                out = out + other
+            if self.act is not None:
+                out = self.act(out)
+        if self.tracked:
+            self.last = out
         return out
 
 
@@ -203,10 +246,77 @@ def folded(net: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
             new_conv = _FoldedConv(conv, bn)
             _set(twin, conv_name, new_conv)
             _set(twin, bn_name, _FoldedBN(new_conv, bn))
+        _fuse_activations(twin, pairs, keep)
     if len(twins) >= 8:  # a few layers' twins per net (the explorer moves between layers)
         twins.clear()
     twins[keep] = (sig, twin)
     return net if twin is None else twin
+
+
+_RES_BLOCKS = {"BasicBlock": 2, "Bottleneck": 3}  # torchvision.models.resnet: number of conv → bn → relu
+
+
+def _fuse_activations(twin: nn.Module, pairs: list[tuple[str, str]], keep: tuple[str, ...]) -> None:
+    """Move the ReLU/ReLU6 after each folded pair into its convolution where the wiring is known.
+
+    Nothing named in ``keep`` (a layer whose own output is wanted) loses its computation: a kept
+    plain batch norm, a kept activation, or a ResNet block with a kept module inside stays as it is.
+    """
+    folded_bns = {b for _, b in pairs}
+    for bn in twin.modules():
+        if isinstance(bn, _FoldedBN) and type(bn.act) in _POST_OPS and isinstance(bn.drop, (nn.Identity, type(None))):
+            bn.source[0].act, bn.act, bn.drop = bn.act, None, None  # timm's BatchNormAct2d
+    for name, parent in list(twin.named_modules()):
+        prefix = f"{name}." if name else ""
+        if type(parent) is nn.Sequential:
+            kids = list(parent.named_children())
+            for (_, conv), (bn_name, bn), (act_name, act) in zip(kids, kids[1:], kids[2:], strict=False):
+                if (
+                    isinstance(conv, _FoldedConv)
+                    and isinstance(bn, _FoldedBN)
+                    and bn.source[0] is conv
+                    and conv.act is None
+                    and type(act) in _POST_OPS
+                    and prefix + bn_name not in keep
+                    and prefix + act_name not in keep
+                ):
+                    conv.act = act
+                    setattr(parent, act_name, nn.Identity())
+        elif type(parent).__name__ in _RES_BLOCKS and type(parent).__module__ == "torchvision.models.resnet":
+            n = _RES_BLOCKS[type(parent).__name__]
+            convs = [getattr(parent, f"conv{i}", None) for i in range(1, n + 1)]
+            known = (
+                name != ""  # the model itself is a block: left as is
+                and not any(k.startswith(prefix) for k in keep)  # nothing inside the block is wanted on its own
+                and type(getattr(parent, "relu", None)) is nn.ReLU
+                and all(isinstance(c, _FoldedConv) for c in convs)
+                and all(f"{prefix}bn{i}" in folded_bns for i in range(1, n + 1))
+            )
+            if known:
+                _set(twin, name, _FusedResBlock(parent, convs))
+
+
+class _FusedResBlock(nn.Module):
+    """torchvision's ``BasicBlock``/``Bottleneck`` with folded convolutions and the ReLUs and the
+    residual sum inside them: ``ReLU(conv_n(... ReLU(conv_1(x))) + identity)``. Its children keep
+    their names (``conv1``, ``bn1``, ..., ``downsample``); the folded batch norms are not called."""
+
+    def __init__(self, block: nn.Module, convs: list[_FoldedConv]) -> None:
+        super().__init__()
+        for child_name, child in block.named_children():
+            self.add_module(child_name, child)
+        self.convs = convs  # a plain list: already registered under their own names
+        self.shortcut = [block.downsample]  # None or the downsample module (a list: registered above)
+        for conv in convs:
+            conv.act, conv.tracked = block.relu, False
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = x
+        for conv in self.convs[:-1]:
+            out = conv(out)
+        shortcut = self.shortcut[0]
+        identity = shortcut(x) if shortcut is not None else x
+        return self.convs[-1](out, other=identity)
 
 
 def clear(twin: nn.Module) -> None:

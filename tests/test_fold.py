@@ -225,3 +225,55 @@ def test_scorecam_runs_the_black_image_once_for_all_dead_channels():
         h = (up - lo) / (hi - lo + 1e-8)
         ref = torch.stack([net(x[b] * h[b][:, None])[:, c] for b, c in [(0, 0), (1, 3)]]).softmax(1)
     assert _rel(weights, ref) < 1e-5
+
+
+def test_activations_and_residual_sums_run_inside_the_convolutions(resnet18, real_model):
+    twin = fold.folded(resnet18)
+    assert all(
+        type(b).__name__ == "_FusedResBlock" for layer in ("layer1", "layer4") for b in twin.get_submodule(layer)
+    )
+    assert twin.layer1[0].conv2.act is not None and not twin.layer1[0].conv2.tracked
+    tiny = _tiny()
+    tiny_twin = fold.folded(tiny)
+    assert [type(m) for m in tiny_twin[:6]].count(nn.Identity) == 2  # both ReLUs moved into their convolutions
+    assert type(tiny[2]) is nn.ReLU and type(tiny[5]) is nn.ReLU  # the user's model keeps its own
+    lite = fold.folded(real_model.net)
+    assert type(lite.blocks[1][0].conv_dw.act) is nn.ReLU6 and lite.blocks[1][0].bn2.act is None
+    assert type(real_model.net.blocks[1][0].bn2.act) is nn.ReLU6
+
+
+def test_a_kept_module_keeps_its_own_output(resnet18, unfolded):
+    """A hook on a plain batch norm must see it before the ReLU, so neither its ReLU nor its block is fused."""
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    block = fold.folded(resnet18, keep=("layer2.0.bn1",)).layer2[0]
+    assert type(block).__name__ == "BasicBlock" and block.conv1.act is None
+    assert (
+        type(fold.folded(resnet18, keep=("layer2.0",)).layer2[0]).__name__ == "_FusedResBlock"
+    )  # its output is the same
+    tiny = _tiny()
+    assert type(fold.folded(tiny, keep=("4",))[5]) is nn.ReLU
+    fast = [camlib.gradcam(tiny, x, "4", 1), camlib.gradcam(resnet18, x, "layer2.0.bn1", 1)]
+    unfolded()
+    ref = [camlib.gradcam(tiny, x, "4", 1), camlib.gradcam(resnet18, x, "layer2.0.bn1", 1)]
+    for a, b in zip(fast, ref, strict=True):
+        assert _rel(a, b) < 1e-4
+    with camlib.capture(tiny, "4") as cap, torch.no_grad():
+        tiny(x)
+    assert float(cap.activation.min()) < 0  # so a wrongly fused ReLU would have changed the map
+
+
+def test_without_onednns_fused_convolution_the_twin_computes_the_same(resnet18, real_model, chelsea_x, monkeypatch):
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        fused = [
+            fold.folded(resnet18)(x.contiguous(memory_format=torch.channels_last)),
+            fold.folded(real_model.net)(chelsea_x),
+        ]
+        monkeypatch.setattr(fold, "_pointwise", lambda: None)  # a build without torch.ops.mkldnn._convolution_pointwise
+        plain = [
+            fold.folded(resnet18)(x.contiguous(memory_format=torch.channels_last)),
+            fold.folded(real_model.net)(chelsea_x),
+        ]
+        ref = [resnet18(x), real_model.net(chelsea_x)]
+    for a, b, r in zip(fused, plain, ref, strict=True):
+        assert _rel(a, r) < 1e-5 and _rel(b, r) < 1e-5

@@ -142,36 +142,43 @@ class _FoldedConv(nn.Module):
             _MKLDNN
             and x.device.type == "cpu"
             and x.dtype == torch.float32
+            and conv.weight.dtype == torch.float32
             and not torch.is_grad_enabled()
             and isinstance(conv.padding, tuple)  # not "same"/"valid"
         )
-        scale = scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
-        if fast and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            # the scaled weights written in the input's layout: oneDNN would copy them into it otherwise
-            w = torch.mul(conv.weight, scale, out=torch.empty_like(conv.weight, memory_format=torch.channels_last))
-        else:
-            w = conv.weight * scale
         args = (conv.padding, conv.stride, conv.dilation, conv.groups)
         post = _POST_OPS.get(type(self.act)) if self.act is not None else None
-        fused = _pointwise() if fast and (other is not None or post is not None) else None
-        if fused is not None and other is not None and other.dtype != x.dtype:
-            fused = None
-        if fused is not None and other is not None:
-            attr, scalars = post if post is not None else (None, [])
-            out = fused.binary(x, other, w, shift, *args, "add", None, attr, scalars, None)
-        elif fused is not None:
-            out = fused(x, w, shift, *args, post[0], post[1], "")
-        else:
-            if fast:
-                # oneDNN with the bias fused (PyTorch sends 1×1 convolutions to a GEMM that adds a bias in
-                # an extra pass over the output, which is what folding saves)
-                out = torch.mkldnn_convolution(x, w, shift, *args)
+        attr, scalars = post if post is not None else (None, [])
+        fused = _pointwise() if fast and (other is None or other.dtype == x.dtype) else None
+        out = None
+        if fused is not None and other is None and attr in (None, "relu"):  # oneDNN's binary + unary fusions
+            # s ⊙ (W * x + shift / s): the scale as oneDNN's per-channel post-op, no scaled copy of the weights
+            bias = shift / scale
+            if bool(bias.isfinite().all()):
+                per_channel = scale.reshape(1, -1, 1, 1)
+                out = fused.binary(x, per_channel, conv.weight, bias, *args, "mul", None, attr, scalars, None)
+        if out is None:
+            scale = scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
+            if fast and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+                # the scaled weights written in the input's layout: oneDNN would copy them into it otherwise
+                w = torch.mul(conv.weight, scale, out=torch.empty_like(conv.weight, memory_format=torch.channels_last))
             else:
-                out = F.conv2d(x, w, shift.to(w.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
-            if other is not None:
-                out = out + other
-            if self.act is not None:
-                out = self.act(out)
+                w = conv.weight * scale
+            if fused is not None and other is not None:  # a ResNet block's ReLU(conv(x) + identity)
+                out = fused.binary(x, other, w, shift, *args, "add", None, attr, scalars, None)
+            elif fused is not None and attr is not None:
+                out = fused(x, w, shift, *args, attr, scalars, "")
+            else:
+                if fast:
+                    # oneDNN with the bias fused (PyTorch sends 1×1 convolutions to a GEMM that adds a bias
+                    # in an extra pass over the output, which is what folding saves)
+                    out = torch.mkldnn_convolution(x, w, shift, *args)
+                else:
+                    out = F.conv2d(x, w, shift.to(w.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+                if other is not None:
+                    out = out + other
+                if self.act is not None:
+                    out = self.act(out)
         if self.tracked:
             self.last = out
         return out

@@ -305,5 +305,7 @@ def test_family_methods_reuse_the_cached_gradients_and_equal_camlib(
     assert len(explorer._cache.items) == cached  # no new forward or backward: the same activations and gradients
     expected = reference(explorer.net, chelsea_x, "blocks.5", 285)[0]
     # To float rounding: the cached activations may come from a forward made while an earlier test's hook was
-    # on the model, which camlib runs unfolded (camlib.fold); measured 3.4e-5 of the maximum (XGrad-CAM).
-    torch.testing.assert_close(explorer.current_map, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    # on the model, which camlib runs unfolded (camlib.fold). Measured 1.5e-4 of the maximum for XGrad-CAM at
+    # blocks.5 (its weights divide by each channel's sum of activations, near zero for some), 6.5e-7 for Grad-CAM.
+    tol = 5e-4 * expected.abs().max().item()
+    torch.testing.assert_close(explorer.current_map, expected, rtol=5e-4, atol=tol)

@@ -35,6 +35,7 @@ rounding (≤ 1e-5 relative, ``tests/test_fold.py``).
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import weakref
 
@@ -114,6 +115,7 @@ _MKLDNN = torch.backends.mkldnn.is_available()
 _POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
 
 
+@functools.cache
 def _pointwise() -> object | None:
     """``torch.ops.mkldnn._convolution_pointwise`` (convolution with fused post-ops), if this build has it."""
     try:
@@ -123,7 +125,7 @@ def _pointwise() -> object | None:
 
 
 class _FoldedConv(nn.Module):
-    """``conv`` then ``bn`` (eval mode) as one convolution; weights scaled per call from the shared tensors.
+    """``conv`` then ``bn`` (eval mode) as one convolution; scale and shift computed per call from the shared tensors.
 
     ``act`` (a ReLU or ReLU6 that follows the batch norm) is applied here, as oneDNN's post-op on
     the CPU; ``other`` (a ResNet block's identity) is added before it.
@@ -145,44 +147,42 @@ class _FoldedConv(nn.Module):
         fast = (
             _MKLDNN
             and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and conv.weight.dtype == torch.float32
+            and x.dtype == conv.weight.dtype == torch.float32
             and not torch.is_grad_enabled()
             and isinstance(conv.padding, tuple)  # not "same"/"valid"
         )
         args = (conv.padding, conv.stride, conv.dilation, conv.groups)
-        post = _POST_OPS.get(type(self.act)) if self.act is not None else None
-        attr, scalars = post if post is not None else (None, [])
+        attr, scalars = _POST_OPS.get(type(self.act), (None, []))
         fused = _pointwise() if fast and (other is None or other.dtype == x.dtype) else None
-        out = None
-        if fused is not None and other is None and attr in (None, "relu"):  # oneDNN's binary + unary fusions
+        if fused is not None and other is None and attr in (None, "relu"):  # oneDNN fuses binary + these only
             # s ⊙ (W * x + shift / s): the scale as oneDNN's per-channel post-op, no scaled copy of the weights
             bias = shift / scale
             if bool(bias.isfinite().all()):
                 per_channel = scale.reshape(1, -1, 1, 1)
-                out = fused.binary(x, per_channel, conv.weight, bias, *args, "mul", None, attr, scalars, None)
-        if out is None:
-            scale = scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
-            if fast and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-                # the scaled weights written in the input's layout: oneDNN would copy them into it otherwise
-                w = torch.mul(conv.weight, scale, out=torch.empty_like(conv.weight, memory_format=torch.channels_last))
-            else:
-                w = conv.weight * scale
-            if fused is not None and other is not None:  # a ResNet block's ReLU(conv(x) + identity)
-                out = fused.binary(x, other, w, shift, *args, "add", None, attr, scalars, None)
-            elif fused is not None and attr is not None:
-                out = fused(x, w, shift, *args, attr, scalars, "")
-            else:
-                if fast:
-                    # oneDNN with the bias fused (PyTorch sends 1×1 convolutions to a GEMM that adds a bias
-                    # in an extra pass over the output, which is what folding saves)
-                    out = torch.mkldnn_convolution(x, w, shift, *args)
-                else:
-                    out = F.conv2d(x, w, shift.to(w.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
-                if other is not None:
-                    out = out + other
-                if self.act is not None:
-                    out = self.act(out)
+                return self._seen(
+                    fused.binary(x, per_channel, conv.weight, bias, *args, "mul", None, attr, scalars, None)
+                )
+        scale = scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
+        if fast and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            # the scaled weights written in the input's layout: oneDNN would copy them into it otherwise
+            w = torch.mul(conv.weight, scale, out=torch.empty_like(conv.weight, memory_format=torch.channels_last))
+        else:
+            w = conv.weight * scale
+        if fused is not None and other is not None:  # a ResNet block's ReLU(conv(x) + identity)
+            return self._seen(fused.binary(x, other, w, shift, *args, "add", None, attr, scalars, None))
+        if fused is not None and attr is not None:
+            return self._seen(fused(x, w, shift, *args, attr, scalars, ""))
+        if fast:
+            # oneDNN with the bias fused (PyTorch sends 1×1 convolutions to a GEMM that adds a bias in an
+            # extra pass over the output, which is what folding saves)
+            out = torch.mkldnn_convolution(x, w, shift, *args)
+        else:
+            out = F.conv2d(x, w, shift.to(w.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+        if other is not None:
+            out = out + other
+        return self._seen(self.act(out) if self.act is not None else out)
+
+    def _seen(self, out: Tensor) -> Tensor:
         if self.tracked:
             self.last = out
         return out
@@ -257,7 +257,7 @@ def folded(net: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
             new_conv = _FoldedConv(conv, bn)
             _set(twin, conv_name, new_conv)
             _set(twin, bn_name, _FoldedBN(new_conv, bn))
-        _fuse_activations(twin, pairs, keep)
+        _fuse_activations(twin, keep)
     if len(twins) >= 8:  # a few layers' twins per net (the explorer moves between layers)
         twins.clear()
     twins[keep] = (sig, twin)
@@ -267,13 +267,12 @@ def folded(net: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
 _RES_BLOCKS = {"BasicBlock": 2, "Bottleneck": 3}  # torchvision.models.resnet: number of conv → bn → relu
 
 
-def _fuse_activations(twin: nn.Module, pairs: list[tuple[str, str]], keep: tuple[str, ...]) -> None:
+def _fuse_activations(twin: nn.Module, keep: tuple[str, ...]) -> None:
     """Move the ReLU/ReLU6 after each folded pair into its convolution where the wiring is known.
 
     Nothing named in ``keep`` (a layer whose own output is wanted) loses its computation: a kept
     plain batch norm, a kept activation, or a ResNet block with a kept module inside stays as it is.
     """
-    folded_bns = {b for _, b in pairs}
     for bn in twin.modules():
         if isinstance(bn, _FoldedBN) and type(bn.act) in _POST_OPS and isinstance(bn.drop, (nn.Identity, type(None))):
             bn.source[0].act, bn.act, bn.drop = bn.act, None, None  # timm's BatchNormAct2d
@@ -300,8 +299,7 @@ def _fuse_activations(twin: nn.Module, pairs: list[tuple[str, str]], keep: tuple
                 name != ""  # the model itself is a block: left as is
                 and not any(k.startswith(prefix) for k in keep)  # nothing inside the block is wanted on its own
                 and type(getattr(parent, "relu", None)) is nn.ReLU
-                and all(isinstance(c, _FoldedConv) for c in convs)
-                and all(f"{prefix}bn{i}" in folded_bns for i in range(1, n + 1))
+                and all(isinstance(c, _FoldedConv) for c in convs)  # each folded with its own bn{i}
             )
             if known:
                 _set(twin, name, _FusedResBlock(parent, convs))

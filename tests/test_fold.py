@@ -106,8 +106,18 @@ def test_the_twin_is_cached_and_follows_the_models_weights():
     twin = fold.folded(net)
     assert fold.folded(net) is twin
     with torch.no_grad():
-        net[1].running_var.mul_(4.0)  # in place: the shared tensor, seen by the twin
-        assert _rel(twin(x), net(x)) < 1e-5
+        twin(x)  # the scale and shift are now kept between calls
+        for change in (  # in place: the shared tensors, seen by the twin (their version counters move)
+            lambda: net[1].running_var.mul_(4.0),
+            lambda: net[1].running_mean.add_(0.5),
+            lambda: net[4].weight.mul_(-2.0),
+            lambda: net[4].bias.add_(1.0),
+            lambda: net[0].bias.sub_(0.3),
+        ):
+            before = twin(x)
+            change()
+            after, ref = twin(x), net(x)
+            assert _rel(after, ref) < 1e-5 and _rel(before, ref) > 1e-3
     net[3] = nn.Conv2d(8, 8, 3, padding=1).eval()  # a replaced module: a new twin
     assert fold.folded(net) is not twin
     with torch.no_grad():
@@ -282,3 +292,26 @@ def test_without_onednns_fused_convolution_the_twin_computes_the_same(resnet18, 
         ref = [resnet18(x), real_model.net(chelsea_x)]
     for a, b, r in zip(fused, plain, ref, strict=True):
         assert _rel(a, r) < 1e-5 and _rel(b, r) < 1e-5
+
+
+def test_a_deep_convolution_on_few_pixels_runs_in_nchw(resnet18, monkeypatch):
+    """ResNet's layer3/layer4 3×3 convolutions on one small image run as NCHW (their weights need no
+    reordering then); on a larger batch they stay channels-last. Same numbers either way."""
+    calls: list[tuple[int, ...]] = []
+    plain = fold._FoldedConv._plain
+
+    def spy(self, x, other):
+        calls.append(tuple(self.conv.weight.shape))
+        return plain(self, x, other)
+
+    monkeypatch.setattr(fold._FoldedConv, "_plain", spy)
+    twin = fold.folded(resnet18)
+    deep = {(512, 512, 3, 3), (512, 256, 3, 3), (256, 256, 3, 3), (256, 128, 3, 3)}  # ≥ 256 k weights
+    for batch, expected in ((2, deep), (64, set())):
+        calls.clear()
+        x = torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            out = twin(x.contiguous(memory_format=torch.channels_last))
+            ref = resnet18(x)
+        assert _rel(out, ref) < 1e-5
+        assert set(calls) == expected

@@ -79,6 +79,35 @@ def main() -> None:
     shown = camlib.normalize(camlib.upsample(torch.relu(ours), args.size)).cpu()
     diff = float((shown - theirs).abs().max())
     print(f"  speed-up {t_theirs / t_ours:.1f}x;  max |difference| of the shown maps {diff:.1e}")
+    rates(net, x, cap.activation, t_ours, t_theirs)
+
+
+def rates(net: torch.nn.Module, x: torch.Tensor, acts: torch.Tensor, t_ours: float, t_theirs: float) -> None:
+    """Arithmetic rates against the CPU's float32 matrix-multiply peak: how far a speed-up can go.
+
+    Each (image, channel) pair is one forward of a masked image: pytorch-grad-cam runs them all,
+    camlib all but the all-zero channels (plus one black image).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x[:1])
+    flops = counter.get_total_flops()  # one masked forward (multiply-adds count as 2)
+    pairs = acts.shape[0] * acts.shape[1]
+    ours = pairs - int((acts.flatten(2).amax(2) == 0).sum()) + 1
+    a = torch.randn(2048, 2048, device=x.device)
+    a @ a
+    t = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    peak = 5 * 2 * 2048**3 / (time.perf_counter() - t)
+    print(
+        f"  float32 rate: pytorch-grad-cam {pairs * flops / t_theirs / 1e9:.0f} GFLOP/s, camlib "
+        f"{ours * flops / t_ours / 1e9:.0f} GFLOP/s; a 2x speed-up needs {ours * flops / (t_theirs / 2) / 1e9:.0f} "
+        f"GFLOP/s; this machine's matrix-multiply peak (2048² matmul) {peak / 1e9:.0f} GFLOP/s"
+    )
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ the time (2-core AVX2 CPU, channels-last).
 
 :func:`folded` never changes the user's model: it returns a *copy of the module tree* that
 shares every parameter and buffer with the original (no weights are copied). Each folded
-convolution computes :math:`s` and the shift during the call from the shared tensors, so the copy
-holds nothing of its own between calls and follows the original's weights if they change. On the
-CPU without gradients the scale is applied as oneDNN's per-channel post-op,
+convolution computes :math:`s` and the shift from the shared tensors; without autograd it keeps
+these per-channel vectors between calls and recomputes them when a tensor they come from changes
+(its version counter moves), so the copy holds no weights of its own and follows the original's.
+On the CPU without gradients the scale is applied as oneDNN's per-channel post-op,
 :math:`s \odot (W * x + \mathrm{shift}/s)`, so no scaled copy of the weights is made (ResNet-50's
 would be 100 MB per call); where that does not apply (a ReLU6 after it, a zero :math:`s`, a
 residual sum) the weights are scaled during the call.
@@ -30,6 +31,9 @@ blocks), the activation runs inside oneDNN's convolution as a post-op, and in a 
 residual sum too (``ReLU(conv(x) + identity)``): one pass over the feature map instead of three.
 The activation is the same function; the values differ from the unfolded model's by float
 rounding (≤ 1e-5 relative, ``tests/test_fold.py``).
+
+A deep 3×3 convolution with few output pixels (one image at ``layer4``) runs in NCHW instead
+(:func:`_few_pixels`): channels-last, its weights would be transposed and reordered on every call.
 """
 
 from __future__ import annotations
@@ -293,7 +297,8 @@ def folded(net: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     values as on the original (to float rounding). Returns ``net`` itself when there is nothing to
     fold, when any submodule is in training mode, or when ``net`` carries hooks (they would not see
     the folded modules). The copy of the tree is kept (weakly, keyed on ``net``) and rebuilt when a
-    module or a parameter/buffer object of ``net`` is replaced; it holds no tensors of its own.
+    module or a parameter/buffer object of ``net`` is replaced; it holds no weights of its own
+    (only each folded pair's per-channel scale and shift, see :class:`_FoldedConv`).
     """
     sig = _state(net)
     if sig is None:

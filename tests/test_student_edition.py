@@ -26,7 +26,11 @@ from camlib.exercises import check, unsolved  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 STUB = re.compile(r"=\s*(None|\.\.\.)(\s*,\s*(None|\.\.\.))*\s*#\s*your code here", re.IGNORECASE)
-EXECUTE_TIMEOUT_S = 1200  # per cell; the slowest cells train a small net on a busy 2-core machine
+# Per cell. The slowest whole notebook took 286 s on a busy 2-core machine (docs/instructors/plans.md).
+# A cell that passes this is taken for the intermittent nbclient/ipykernel stall with widget output
+# (kernel and client both idle, waiting on each other; upstream jupyter/nbclient#312, seen once here):
+# the notebook is run once more in a fresh kernel, and a second timeout fails the test.
+EXECUTE_TIMEOUT_S = 600
 # CAMLIB_STUDENT_EXECUTE=changed: execute only the student notebooks whose code differs from the course's
 # notebook (a solution cell was removed); the others run exactly the course notebook's code cells, which
 # nbval executes anyway. Default (unset or "all"): every student notebook is executed.
@@ -143,10 +147,35 @@ def student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _run_once(nb, cwd: Path):
+    """A copy of ``nb`` run top to bottom in a fresh kernel."""
+    import copy
+
+    from nbclient import NotebookClient
+
+    run = copy.deepcopy(nb)
+    NotebookClient(
+        run, timeout=EXECUTE_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    ).execute()
+    return run
+
+
+def _execute(nb, cwd: Path):
+    """:func:`_run_once`, and once more if a cell times out (see EXECUTE_TIMEOUT_S)."""
+    import warnings
+
+    from nbclient.exceptions import CellTimeoutError
+
+    try:
+        return _run_once(nb, cwd)
+    except CellTimeoutError as err:
+        warnings.warn(f"a cell ran past {EXECUTE_TIMEOUT_S} s, run again: {str(err)[:200]}", stacklevel=2)
+        return _run_once(nb, cwd)
+
+
 @pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
 def test_student_notebook_runs_top_to_bottom_with_stubs_unsolved(name: str, student_dir: Path) -> None:
     import nbformat
-    from nbclient import NotebookClient
 
     path = student_dir / name
     nb = nbformat.read(path, as_version=4)
@@ -155,10 +184,7 @@ def test_student_notebook_runs_top_to_bottom_with_stubs_unsolved(name: str, stud
         codes = [[c.source for c in n.cells if c.cell_type == "code"] for n in (nb, course)]
         if codes[0] == codes[1]:
             pytest.skip("CAMLIB_STUDENT_EXECUTE=changed: same code cells as the course notebook, which nbval runs")
-    client = NotebookClient(
-        nb, timeout=EXECUTE_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(student_dir)}}
-    )
-    client.execute()  # raises CellExecutionError, naming the cell, if any cell raises
+    nb = _execute(nb, student_dir)  # raises CellExecutionError, naming the cell, if any cell raises
     stubs = sum(len(STUB.findall(c.source)) for c in nb.cells if c.cell_type == "code")
     printed = "\n".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"
@@ -166,3 +192,29 @@ def test_student_notebook_runs_top_to_bottom_with_stubs_unsolved(name: str, stud
     not_done = len(re.findall(r"not done yet", printed, re.IGNORECASE))
     assert not_done >= stubs, f"{stubs} stubs but {not_done} 'not done yet' lines:\n{printed[-2000:]}"
     assert not re.search(r"Exercise \d+:? correct", printed), "an unsolved stub was reported correct"
+
+
+def test_a_stalled_run_is_retried_once_in_a_fresh_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbclient.exceptions import CellTimeoutError
+
+    module = sys.modules[__name__]
+    tries: list[int] = []
+
+    def stalls(times: int):
+        def run(nb, cwd):
+            tries.append(1)
+            if len(tries) <= times:
+                raise CellTimeoutError("Cell execution timed out")
+            return "ran"
+
+        return run
+
+    monkeypatch.setattr(module, "_run_once", stalls(1))
+    with pytest.warns(UserWarning, match="run again"):
+        assert _execute({}, ROOT) == "ran"
+    assert len(tries) == 2
+    tries.clear()
+    monkeypatch.setattr(module, "_run_once", stalls(2))
+    with pytest.warns(UserWarning), pytest.raises(CellTimeoutError):
+        _execute({}, ROOT)
+    assert len(tries) == 2

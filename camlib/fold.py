@@ -119,6 +119,9 @@ _MKLDNN = torch.backends.mkldnn.is_available()
 _POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
 
 
+_FEW_PIXELS = 128  # crossover measured between 49 (NCHW 2× faster) and 256 (channels-last 5 % faster) pixels
+
+
 def _few_pixels(conv: nn.Conv2d, x: Tensor) -> bool:
     """A spatial convolution of a channels-last CPU batch with ≥ 256 k weights and ≤ 128 output pixels in all.
 
@@ -136,7 +139,7 @@ def _few_pixels(conv: nn.Conv2d, x: Tensor) -> bool:
         and x.dim() == 4
         and conv.weight.shape[-2:] != (1, 1)
         and conv.weight.numel() >= 1 << 18
-        and x.shape[0] * x.shape[2] * x.shape[3] <= 128 * conv.stride[0] * conv.stride[1]
+        and x.shape[0] * x.shape[2] * x.shape[3] <= _FEW_PIXELS * conv.stride[0] * conv.stride[1]
         and x.is_contiguous(memory_format=torch.channels_last)
         and not x.is_contiguous()
     )

@@ -150,7 +150,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    default = "resnet50:8,lite0:16,resnet50:1,lite0:1" if device.type == "cpu" else "resnet50:256,resnet50:64,resnet50:1,lite0:256,lite0:1"
+    default = (
+        "resnet50:8,lite0:16,resnet50:1,lite0:1"
+        if device.type == "cpu"
+        else "resnet50:256,resnet50:64,resnet50:1,lite0:256,lite0:1"
+    )
     what = device.type if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(
         f"{what} · torch {torch.__version__} · {torch.get_num_threads()} threads · {os.cpu_count()} cores · "

@@ -189,12 +189,13 @@ class _FoldedConv(nn.Module):
         """``(s, shift, shift / s)`` of the folded pair; the last is ``None`` where it is not finite.
 
         Without autograd they are kept between calls (a few per-channel vectors) and recomputed when
-        a tensor they come from is replaced or changed in place (its version counter moves).
+        a tensor they come from is replaced, changed in place (its version counter moves) or given
+        new storage (``net.double()`` swaps ``.data`` without moving the counter).
         """
         conv, bn = self.conv, self.bn
         sources = (bn.weight, bn.bias, bn.running_mean, bn.running_var, conv.bias)
         reuse = not torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-        key = (bn.eps, *((id(t), t._version) for t in sources if t is not None)) if reuse else None
+        key = (bn.eps, *((id(t), t._version, t.data_ptr()) for t in sources if t is not None)) if reuse else None
         if key is not None and self._kept is not None and self._kept[0] == key:
             return self._kept[1]
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)

@@ -162,6 +162,19 @@ def _pointwise() -> object | None:
         return None
 
 
+def _cudnn_fused(dtype: torch.dtype) -> bool:
+    """cuDNN's fused convolution + bias + ReLU can run (``torch.cudnn_convolution_relu``)."""
+    return (
+        _CUDNN_FUSED
+        and dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and torch.backends.cudnn.enabled
+        and torch.backends.cudnn.is_available()
+    )
+
+
+_CUDNN_FUSED = True  # a switch, for an A/B on a GPU
+
+
 class _FoldedConv(nn.Module):
     """``conv`` then ``bn`` (eval mode) as one convolution; scale and shift computed per call from the shared tensors.
 
@@ -194,7 +207,7 @@ class _FoldedConv(nn.Module):
         return self.act(out) if self.act is not None else out
 
     def _affine(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(s, shift, shift / s)`` of the folded pair; the last is ``None`` where it is not finite.
+        """``(s, shift, shift / s)`` of the folded pair; the last is ``None`` where it is not finite or off the CPU.
 
         Without autograd they are kept between calls (a few per-channel vectors) and recomputed when
         a tensor they come from is replaced, changed in place (its version counter moves) or given
@@ -210,8 +223,8 @@ class _FoldedConv(nn.Module):
         shift = bn.bias - bn.running_mean * scale
         if conv.bias is not None:
             shift = shift + conv.bias * scale
-        ratio = shift / scale
-        affine = (scale, shift, ratio if bool(ratio.isfinite().all()) else None)
+        ratio = shift / scale if scale.device.type == "cpu" else None  # for oneDNN's post-op only (no GPU sync)
+        affine = (scale, shift, ratio if ratio is not None and bool(ratio.isfinite().all()) else None)
         self._kept = None if key is None else (key, affine)
         return affine
 
@@ -227,6 +240,8 @@ class _FoldedConv(nn.Module):
             if ratio is not None:
                 per_channel = scale.reshape(1, -1, 1, 1)
                 return fused.binary(x, per_channel, conv.weight, ratio, *args, "mul", None, attr, scalars, None)
+        if x.is_cuda and not torch.is_grad_enabled() and isinstance(conv.padding, tuple) and x.dim() == 4:
+            return self._cuda(x, other, scale, shift)
         scale = scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
         if fast and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             # the scaled weights written in the input's layout: oneDNN would copy them into it otherwise
@@ -246,6 +261,29 @@ class _FoldedConv(nn.Module):
         if other is not None:
             out = out + other
         return self.act(out) if self.act is not None else out
+
+    def _cuda(self, x: Tensor, other: Tensor | None, scale: Tensor, shift: Tensor) -> Tensor:
+        """On CUDA without autograd. Before a ReLU: the scaled weights written once per call in the
+        input's dtype and layout (autocast's under autocast), then cuDNN's fused convolution + bias
+        (+ residual) + ReLU, one kernel instead of three or four. Elsewhere the pair runs unfolded, as
+        the model's own kernels (a bias add costs what the batch norm costs there)."""
+        conv, bn = self.conv, self.bn
+        amp = torch.is_autocast_enabled("cuda")
+        dtype = torch.get_autocast_dtype("cuda") if amp else x.dtype
+        args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        if type(self.act) is not nn.ReLU or not _cudnn_fused(dtype):
+            out = F.conv2d(x, conv.weight, conv.bias, *args)
+            out = F.batch_norm(out, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+            if other is not None:
+                out += other
+            return self.act(out) if self.act is not None else out
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        w = torch.empty_like(conv.weight, dtype=dtype, memory_format=layout)
+        torch.mul(conv.weight, scale.reshape(-1, 1, 1, 1), out=w)
+        x, bias = x.to(dtype), shift.to(dtype)
+        if other is None:
+            return torch.cudnn_convolution_relu(x, w, bias, *args)
+        return torch.cudnn_convolution_add_relu(x, w, other.to(dtype), 1.0, bias, *args)
 
     def _seen(self, out: Tensor) -> Tensor:
         if self.tracked:
@@ -279,13 +317,15 @@ def _state(net: nn.Module) -> tuple | None:
     """What a twin depends on, in one walk over the modules: their identities and those of their
     parameters and buffers (not their values); ``None`` when a module is in training mode or
     carries a hook (a twin cannot be used then)."""
+    from .hooks import modules
+
     state: list[int] = []
-    for m in net.modules():
+    for m in modules(net):
         if m.training or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
             return None
         state.append(id(m))
-        state.extend(id(t) for t in m._parameters.values() if t is not None)
-        state.extend(id(t) for t in m._buffers.values() if t is not None)
+        state.extend(map(id, m._parameters.values()))  # None (no bias) counts as one more id
+        state.extend(map(id, m._buffers.values()))
     return tuple(state)
 
 
@@ -394,6 +434,11 @@ class _FusedResBlock(nn.Module):
         shortcut = self.shortcut[0]
         identity = shortcut(x) if shortcut is not None else x
         return self.convs[-1](out, other=identity)
+
+
+def fused_relu(twin: nn.Module) -> bool:
+    """The twin has a folded convolution followed by a ReLU (what cuDNN runs as one kernel)."""
+    return any(type(m.act) is nn.ReLU for m in getattr(twin, "_folded_convs", ()))
 
 
 def clear(twin: nn.Module) -> None:

@@ -39,7 +39,7 @@ def class_indices(logits: Tensor, targets: Targets) -> Tensor:
     if is_single(targets):
         idx = torch.full((batch,), int(targets), dtype=torch.long)
         _check_range(idx[:1], num_classes)
-        return idx.to(logits.device)
+        return _to(idx, logits.device)
     idx = torch.as_tensor(targets).reshape(-1)
     if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
         raise TypeError(f"Class indices must be integers, got a {idx.dtype} sequence.")
@@ -50,7 +50,14 @@ def class_indices(logits: Tensor, targets: Targets) -> Tensor:
             "a single int for all of them, or None for each image's top-1."
         )
     _check_range(idx, num_classes)
-    return idx.to(logits.device)
+    return _to(idx, logits.device)
+
+
+def _to(idx: Tensor, device: torch.device) -> Tensor:
+    """``idx`` on ``device``; from the CPU without waiting for the GPU to finish the forward (a copy
+    from pageable memory is staged before the call returns, so this is safe), so the work queued
+    after it overlaps the GPU's."""
+    return idx.to(device, non_blocking=idx.device.type == "cpu")
 
 
 def _check_range(idx: Tensor, num_classes: int) -> None:

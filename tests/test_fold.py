@@ -41,7 +41,7 @@ def resnet18() -> nn.Module:
 @pytest.fixture
 def unfolded(monkeypatch: pytest.MonkeyPatch):
     def use() -> None:
-        monkeypatch.setattr(hooks, "cpu_twin", lambda net, x, keep=(): net)
+        monkeypatch.setattr(hooks, "cpu_twin", lambda net, x, keep=(), amp=None: net)
 
     return use
 
@@ -320,3 +320,33 @@ def test_a_deep_convolution_on_few_pixels_runs_in_nchw(resnet18, monkeypatch):
             ref = resnet18(x)
         assert _rel(out, ref) < 1e-5
         assert set(calls) == expected
+
+
+def test_the_gpu_path_without_a_relu_runs_the_pair_unfolded(resnet18, real_model, chelsea_x):
+    """``_FoldedConv._cuda`` where cuDNN cannot fuse (ReLU6, or fusion off): the model's own conv →
+    batch norm → activation, so the twin equals the model exactly. Run here on CPU tensors; on a GPU
+    ``tools/gpu_check.py`` and the notebooks exercise the fused branch against the CPU."""
+    for net, x in ((resnet18, torch.randn(2, 3, 64, 64)), (real_model.net, chelsea_x)):
+        twin = fold.folded(net)
+        convs = [m for m in twin.modules() if isinstance(m, fold._FoldedConv)]
+        saved = fold._CUDNN_FUSED
+        fold._CUDNN_FUSED = False
+        try:
+            for m in convs:
+                m._compute = lambda x, other=None, m=m: m._cuda(x, other, *m._affine()[:2])
+            with torch.no_grad():
+                assert torch.equal(twin(x), net(x))
+        finally:
+            fold._CUDNN_FUSED = saved
+            for m in convs:
+                del m._compute
+    assert fold.fused_relu(fold.folded(resnet18)) and not fold.fused_relu(fold.folded(real_model.net))
+
+
+def test_the_module_walk_gives_every_module_once():
+    shared = nn.Conv2d(3, 3, 1)
+    net = nn.Sequential(shared, nn.Sequential(shared, nn.ReLU()), torchvision.models.resnet18())
+    net.register_module("nothing", None)
+    walked = hooks.modules(net)
+    assert walked[0] is net and len(walked) == len(list(net.modules()))
+    assert {id(m) for m in walked} == {id(m) for m in net.modules()}

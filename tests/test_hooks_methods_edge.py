@@ -449,3 +449,13 @@ def test_k_targets_for_one_image_cost_one_forward(net: EdgeNet, x: Tensor, metho
         handle.remove()
     assert maps.shape[0] == 4
     assert calls == ([1, 1] if method == "guided_gradcam" else [1]), calls  # batch sizes of the forwards
+
+
+def test_class_indices_for_one_image_are_checked_on_the_cpu():
+    from camlib.methods import _many, _many_list
+
+    logits = torch.randn(1, 10)
+    assert _many_list([3, 7, 0], logits) == _many([3, 7, 0], logits).tolist() == [3, 7, 0]
+    assert _many_list(torch.tensor([9]), logits) == [9]
+    with pytest.raises(IndexError, match="outside the model's 10 outputs"):
+        _many_list([3, 10], logits)

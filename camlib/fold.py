@@ -34,6 +34,10 @@ rounding (≤ 1e-5 relative, ``tests/test_fold.py``).
 
 A deep 3×3 convolution with few output pixels (one image at ``layer4``) runs in NCHW instead
 (:func:`_few_pixels`): channels-last, its weights would be transposed and reordered on every call.
+
+On CUDA (large batches of a ResNet, :func:`camlib.hooks.cpu_twin`) a pair followed by a ReLU runs as
+cuDNN's fused convolution + bias (+ residual) + ReLU with the weights scaled during the call; any
+other pair runs unfolded, as the model's own kernels.
 """
 
 from __future__ import annotations

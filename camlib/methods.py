@@ -266,7 +266,8 @@ def layer_gradients(
     On the CPU the batch runs channels-last (:func:`camlib.hooks.fast_layout`; same values to
     float rounding, ~0.7× the time). ``amp=True`` runs the forward and backward in reduced
     precision (:func:`camlib.device.amp_dtype`: bfloat16 where the device supports it, else
-    float16; or pass the dtype): about 3× the throughput of float32 on a recent GPU. The targets
+    float16; or pass the dtype), on CUDA with the batch channels-last: at batch 256 on an H100
+    4.2× the throughput of float32 on ResNet-50 and 2.0–2.3× on EfficientNet-Lite0. The targets
     are chosen on float32 logits, and the returned tensors are float32, so every method's own
     arithmetic stays in float32; a non-finite gradient in reduced precision (float16
     overflow) makes the call fall back to float32, with a warning, never a NaN map.

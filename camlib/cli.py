@@ -176,6 +176,7 @@ def explain_files(
     batch_size: int = 8,
     raw_format: str = "pt",
     counterfactual: bool = False,
+    amp: bool = False,
     alpha: float = 0.5,
     max_side: int = 1024,
     overwrite: bool = False,
@@ -209,6 +210,8 @@ def explain_files(
         raise UsageError(f"--alpha must lie in [0, 1], not {alpha}.")
     if counterfactual and "counterfactual" not in params:
         raise UsageError(f"--counterfactual works with gradcam only, not with {fn.__name__}.")
+    if amp and "amp" not in params:
+        raise UsageError(f"--amp works with gradcam and gradcam_pp, not with {fn.__name__}.")
     if "layer" in params:
         layer = model.feature_layer if layer is None else layer
         try:
@@ -232,6 +235,7 @@ def explain_files(
             "model": model.name,
             "method": fn.__name__,
             "counterfactual": counterfactual,
+            "amp": amp,
             "layer": layer,
             "target": "top-1" if target_idx is None else model.classes[target_idx],
             "device": str(model.device),
@@ -272,6 +276,8 @@ def explain_files(
             kwargs["layer"] = layer
         if counterfactual:
             kwargs["counterfactual"] = True
+        if amp:
+            kwargs["amp"] = True
         first = model if next(iter(params)) == "model" else model.net
         maps = fn(first, x, **kwargs)
         for (path, stem, image, _), m, c, p in zip(batch, maps, idx.tolist(), probs, strict=True):
@@ -330,6 +336,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--layer", default=None, help="dotted layer name (default: the model's feature layer)")
     ex.add_argument("--target", default=None, help="class name or index for every image (default: each top-1)")
     ex.add_argument("--counterfactual", action="store_true", help="gradcam only: regions that lower the score")
+    ex.add_argument(
+        "--amp", action="store_true", help="gradcam, gradcam_pp: forward in bfloat16/float16, for big batches on a GPU"
+    )
     ex.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: camlib.get_device())")
     ex.add_argument("--raw-format", choices=("pt", "npy"), default="pt", help="raw map file format (default pt)")
@@ -396,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             raw_format=args.raw_format,
             counterfactual=args.counterfactual,
+            amp=args.amp,
             alpha=args.alpha,
             max_side=args.max_side,
             overwrite=args.overwrite,

@@ -22,6 +22,8 @@ Channel weights become a map with :func:`camlib.methods.weighted_map`. The publi
 functions (``camlib.hirescam(net, x, layer, targets=None)`` and so on) return raw maps
 ``(B, h, w)`` on the input's device; upsampling and normalisation stay in :mod:`camlib.viz`.
 ``targets`` as in :mod:`camlib.methods`; a batch of one image with K classes gives K maps.
+``amp=True`` (HiResCAM, XGrad-CAM, LayerCAM, Score-CAM) runs the forwards in reduced precision and
+the map's arithmetic in float32, as :func:`camlib.gradcam` does: for big batches on a GPU.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .device import exact
+from .device import amp_dtype, exact
 from .hooks import (
     Capture,
     Layer,
@@ -42,7 +44,7 @@ from .hooks import (
     capture,
     cpu_twin,
     eval_mode,
-    forward_fast,
+    logits_fast,
     logits_of,
     resolve_layer,
 )
@@ -82,13 +84,19 @@ def _check_x(x: Tensor) -> None:
 
 
 def _gradients(
-    net: nn.Module, x: Tensor, layer: Layer, targets: Targets, output: Output, reshape: Reshape = None
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets,
+    output: Output,
+    reshape: Reshape = None,
+    amp: bool | torch.dtype = False,
 ) -> tuple[Tensor, Tensor]:
     """``(acts, grads)`` from :func:`camlib.methods.layer_gradients`, with a clear error for a layer
     whose output does not reach the logits (autograd's own message names no layer)."""
     _check_x(x)
     try:
-        acts, grads, _ = layer_gradients(net, x, layer, targets, output, reshape=reshape)
+        acts, grads, _ = layer_gradients(net, x, layer, targets, output, amp=amp, reshape=reshape)
     except RuntimeError as err:
         if "not have been used in the graph" not in str(err) and "does not require grad" not in str(err):
             raise
@@ -108,7 +116,13 @@ def hirescam_map(acts: Tensor, grads: Tensor) -> Tensor:
 
 @exact
 def hirescam(
-    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None, reshape: Reshape = None
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets = None,
+    output: Output = None,
+    reshape: Reshape = None,
+    amp: bool | torch.dtype = False,
 ) -> Tensor:
     r"""HiResCAM (Draelos & Carin 2020, arXiv:2011.08891), raw and signed ``(B, h, w)``.
 
@@ -122,7 +136,7 @@ def hirescam(
 
     >>> maps = camlib.hirescam(net, x, "layer4", targets=281)   # doctest: +SKIP
     """
-    acts, grads = _gradients(net, x, layer, targets, output, reshape)
+    acts, grads = _gradients(net, x, layer, targets, output, reshape, amp)
     return hirescam_map(acts, grads)
 
 
@@ -139,7 +153,13 @@ def xgradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
 
 @exact
 def xgradcam(
-    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None, reshape: Reshape = None
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets = None,
+    output: Output = None,
+    reshape: Reshape = None,
+    amp: bool | torch.dtype = False,
 ) -> Tensor:
     r"""XGrad-CAM (Fu et al. 2020, arXiv:2008.02312), raw ``(B, h, w)``.
 
@@ -152,7 +172,7 @@ def xgradcam(
     channel :math:`k`'s share :math:`\alpha_k \sum_{ij} A^k_{ij}` is what the score
     loses without it (*sensitivity*); both hold exactly at a GAP + linear head.
     """
-    acts, grads = _gradients(net, x, layer, targets, output, reshape)
+    acts, grads = _gradients(net, x, layer, targets, output, reshape, amp)
     return weighted_map(xgradcam_weights(acts, grads), acts)
 
 
@@ -163,7 +183,13 @@ def layercam_map(acts: Tensor, grads: Tensor) -> Tensor:
 
 @exact
 def layercam(
-    net: nn.Module, x: Tensor, layer: Layer, targets: Targets = None, output: Output = None, reshape: Reshape = None
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets = None,
+    output: Output = None,
+    reshape: Reshape = None,
+    amp: bool | torch.dtype = False,
 ) -> Tensor:
     r"""LayerCAM (Jiang et al. 2021, IEEE TIP, doi:10.1109/TIP.2021.3089943), raw ``(B, h, w)``.
 
@@ -173,7 +199,7 @@ def layercam(
     change sign from pixel to pixel and Grad-CAM's average cancels) still give a map.
     Combine several layers with :func:`fuse_layers`.
     """
-    acts, grads = _gradients(net, x, layer, targets, output, reshape)
+    acts, grads = _gradients(net, x, layer, targets, output, reshape, amp)
     return layercam_map(acts, grads)
 
 
@@ -288,6 +314,7 @@ def scorecam_weights(
     progress: bool = True,
     align_corners: bool = False,
     output: Output = None,
+    amp: bool | torch.dtype = False,
 ) -> Tensor:
     r"""Score-CAM's channel weights ``(B, K)`` from activations ``acts`` ``(B, K, h, w)`` of ``x``.
 
@@ -300,20 +327,24 @@ def scorecam_weights(
     twin on the CPU (:func:`camlib.hooks.cpu_twin`), with a tqdm bar (``progress``); memory grows
     with ``batch_size``, not with the number of channels. An all-zero channel (common after a
     ReLU) has :math:`H^k = 0` exactly: all such pairs share one forward of the black image.
+    ``amp=True`` runs the masked forwards in reduced precision (:func:`camlib.hooks.logits_fast`;
+    the class is chosen and the softmax taken in float32).
     """
+    low = amp_dtype(x.device, amp)
     with eval_mode(net), torch.no_grad():
         images, classes = _classes(logits_of(net(x), output), targets)
         size = (x.shape[-2], x.shape[-1])
-        twin = cpu_twin(net, x)
+        chunk = x[:1].expand(min(batch_size, x.shape[0] * acts.shape[1]), -1, -1, -1)  # what each forward gets
+        twin = cpu_twin(net, chunk, amp=low is not None)
 
         def run(img: Tensor, ch: Tensor) -> Tensor:
             img, ch = img.to(x.device), ch.to(x.device)
             masked = x[img] * _masks(acts[img, ch], size, align_corners)[:, None].to(x.dtype)
-            return logits_of(forward_fast(net, masked, twin=twin), output)
+            return logits_fast(net, masked, low, output, twin)
 
         # An all-zero channel gives H = 0 exactly, so x ⊙ H is the black image for every such pair.
         dead = acts.flatten(2).eq(0).all(dim=2)
-        black = (dead, lambda: logits_of(forward_fast(net, torch.zeros_like(x[:1]), twin=twin), output))
+        black = (dead, lambda: logits_fast(net, torch.zeros_like(x[:1]), low, output, twin))
         logits = _per_channel_logits(run, x.shape[0], acts.shape[1], batch_size, progress, "Score-CAM", black)
     return _score_weights(logits, images, classes).softmax(dim=1)
 
@@ -328,6 +359,7 @@ def scorecam(
     progress: bool = True,
     align_corners: bool = False,
     output: Output = None,
+    amp: bool | torch.dtype = False,
 ) -> Tensor:
     r"""Score-CAM (Wang et al. 2020, arXiv:1910.01279), raw ``(B, h, w)``. No gradients.
 
@@ -338,7 +370,8 @@ def scorecam(
     (:func:`scorecam_weights`): the weight is how much the class likes the image seen
     through that channel alone. One forward per channel and image: ``B * K`` forwards,
     ``batch_size`` at a time (lower it if memory runs out). ``targets``: class indices
-    (not callables).
+    (not callables). ``amp=True``: those forwards in reduced precision, for a GPU
+    (:func:`scorecam_weights`).
 
     >>> maps = camlib.scorecam(net, x, "layer4", batch_size=64)   # doctest: +SKIP
     """
@@ -347,7 +380,7 @@ def scorecam(
     with capture(net, layer) as cap, torch.no_grad():
         net(x)
     _no_tokens(cap, "Score-CAM")
-    weights = scorecam_weights(net, x, cap.activation, targets, batch_size, progress, align_corners, output)
+    weights = scorecam_weights(net, x, cap.activation, targets, batch_size, progress, align_corners, output, amp)
     acts = cap.activation.expand(weights.shape[0], *cap.activation.shape[1:])
     return weighted_map(weights.to(acts.dtype), acts)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "as_module",
     "fast_layout",
     "forward_fast",
+    "logits_fast",
     "cpu_twin",
 ]
 
@@ -325,6 +327,32 @@ def forward_fast(
                 if model is not net:
                     clear(model)
     raise AssertionError("unreachable: the last model's errors propagate")
+
+
+def logits_fast(
+    net: nn.Module,
+    x: Tensor,
+    amp: torch.dtype | None = None,
+    output: Callable[[Any], Tensor] | None = None,
+    twin: nn.Module | None = None,
+) -> Tensor:
+    """The logits of a forward of ``x`` without gradients, through :func:`forward_fast` (on the CPU the
+    folded twin, :func:`cpu_twin`, unless ``twin`` is given); for the many forwards of Score-CAM,
+    Ablation-CAM and the faithfulness metrics.
+
+    ``amp`` (``torch.bfloat16`` or ``torch.float16``) runs the forward under :func:`torch.autocast`
+    (on CUDA channels-last in that dtype, :func:`fast_layout`) and returns float32 logits; if any is
+    not finite (float16 overflow) the batch is run again in float32, with a warning.
+    """
+    if amp is None:
+        return logits_of(forward_fast(net, x, twin=cpu_twin(net, x, amp=False) if twin is None else twin), output)
+    with torch.autocast(x.device.type, dtype=amp):
+        model = cpu_twin(net, x, amp=True) if twin is None else twin
+        out = logits_of(forward_fast(net, x, twin=model), output).float()
+    if bool(out.isfinite().all()):
+        return out
+    warnings.warn(f"non-finite logits in {amp}; this batch recomputed in float32.", stacklevel=2)
+    return logits_of(forward_fast(net, x, twin=cpu_twin(net, x, amp=False)), output)
 
 
 def forward_with_grad_at(

@@ -154,6 +154,7 @@ def test_rerun_into_the_input_folder_does_not_explain_its_own_output(tmp_path: P
         (["--method", "cam", "--layer", "blocks.4"], "feature layer only"),
         (["--method", "guided_backprop", "--layer", "blocks.4"], "leave out --layer"),
         (["--method", "cam", "--counterfactual"], "gradcam only"),
+        (["--method", "guided_backprop", "--amp"], "--amp works with gradcam and gradcam_pp"),
         (["--model", "resnet-5"], "Did you mean 'resnet50'?"),
         (["--device", "cuda:99"], "not usable here"),
         (["--batch-size", "0"], "at least 1"),
@@ -189,3 +190,16 @@ def test_methods_are_looked_up_by_name() -> None:
     assert cli._method("Grad-CAM++").__name__ == "gradcam_pp"
     done = run_cli("methods")
     assert done.returncode == 0 and done.stdout.split() == names
+
+
+def test_amp_maps_follow_the_float32_ones(real_model: camlib.LoadedModel, tmp_path: Path) -> None:
+    files = [data_dir() / "chelsea.png", data_dir() / "coffee.png"]
+    report = cli.explain_files(real_model, files, tmp_path, method="gradcam_pp", amp=True, progress=False)
+    assert report.settings["amp"] is True and len(report.explained) == 2
+    for f, entry in zip(files, report.explained, strict=True):
+        x = real_model.preprocess(camlib.load_image(f))
+        ref = camlib.gradcam_pp(real_model.net, x, real_model.feature_layer)[0]
+        got = torch.load(tmp_path / entry["raw"], weights_only=True)
+        assert got.dtype == torch.float32 and bool(got.isfinite().all())
+        assert float((got - ref).abs().max() / ref.abs().max()) < 0.1
+        assert float(camlib.metrics.spearman(got[None], ref[None])[0]) > 0.98

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import camlib
@@ -154,3 +155,46 @@ def test_metrics_and_scorecam_take_a_model_that_needs_a_contiguous_input():
     drop = camlib.metrics.average_drop(net, x, maps, targets=[0, 2])
     assert torch.isfinite(drop.per_image).all()
     assert camlib.scorecam(net, x, "conv", targets=[0, 2], progress=False).shape == (2, 8, 8)
+
+
+def test_logits_fast_in_float16_falls_back_to_float32_on_overflow():
+    from camlib.hooks import logits_fast
+
+    net, x = Overflow().eval(), torch.rand(2, 3, 8, 8) + 1
+    with torch.no_grad():
+        ref = net(x)
+        with pytest.warns(UserWarning, match="non-finite logits in torch.float16"):
+            low = logits_fast(net, x, torch.float16)
+    torch.testing.assert_close(low, ref)
+    with torch.no_grad():
+        bf = logits_fast(net, x, torch.bfloat16)
+    assert bf.dtype == torch.float32 and bool(bf.isfinite().all())
+
+
+@pytest.mark.parametrize("method", ["hirescam", "xgradcam", "layercam"])
+def test_family_gradient_methods_take_amp(method, real_model, chelsea_x):
+    fn = getattr(camlib, method)
+    ref = fn(real_model.net, chelsea_x, "bn2")
+    low = fn(real_model.net, chelsea_x, "bn2", amp=torch.bfloat16)
+    assert low.dtype == torch.float32 and bool(low.isfinite().all())
+    assert float((low - ref).abs().max() / ref.abs().max()) < 0.1
+    assert float(camlib.metrics.spearman(low, ref)[0]) > 0.98
+
+
+def test_scorecam_and_the_metrics_take_amp():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    ref = camlib.scorecam(net, x[:1], "layer4", progress=False, batch_size=256)
+    low = camlib.scorecam(net, x[:1], "layer4", progress=False, batch_size=256, amp=torch.bfloat16)
+    assert low.dtype == torch.float32 and bool(low.isfinite().all())
+    assert 0 < float((low - ref).abs().max() / ref.abs().max()) < 0.1  # bfloat16 ran, and stayed close
+    maps = camlib.gradcam(net, x, "layer4")
+    for curve in (camlib.metrics.deletion_curve, camlib.metrics.insertion_curve):
+        a = curve(net, x, maps, steps=8, progress=False)
+        b = curve(net, x, maps, steps=8, progress=False, amp=torch.bfloat16)
+        assert torch.equal(a.targets, b.targets) and bool(b.probs.isfinite().all())
+        assert 0 < float((a.probs - b.probs).abs().max()) < 0.05
+    a = camlib.metrics.road(net, x, maps, fractions=(0.2, 0.5), progress=False, tol=1e-3)
+    b = camlib.metrics.road(net, x, maps, fractions=(0.2, 0.5), progress=False, tol=1e-3, amp=torch.bfloat16)
+    assert 0 < float((a.probs - b.probs).abs().max()) < 0.05

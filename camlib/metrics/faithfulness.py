@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hooks import as_module, cpu_twin, eval_mode, forward_fast, logits_of
+from ..device import amp_dtype
+from ..hooks import as_module, eval_mode, logits_fast
 from ..targets import Targets, class_indices
 from ..viz import normalize, upsample
 
@@ -161,19 +162,19 @@ def explanation_image(x: Tensor, maps: Tensor) -> Tensor:
     return x * normalize(upsample(maps.float(), x.shape[-2:]))[:, None].to(x.dtype)
 
 
-def _probs(net: nn.Module, batch: Tensor, classes: Tensor) -> Tensor:
+def _probs(net: nn.Module, batch: Tensor, classes: Tensor, amp: torch.dtype | None = None) -> Tensor:
     """Softmax probability of ``classes[b]`` for ``batch[b]`` (call under no_grad and eval_mode).
 
     The batch goes in as channels-last: the same numbers up to float rounding, and on
     CPU about 40 % less time for depthwise-separable nets such as EfficientNet.
     """
-    return _logits(net, batch).softmax(dim=1).gather(1, classes[:, None])[:, 0]
+    return _logits(net, batch, amp).softmax(dim=1).gather(1, classes[:, None])[:, 0]
 
 
-def _logits(net: nn.Module, batch: Tensor) -> Tensor:
+def _logits(net: nn.Module, batch: Tensor, amp: torch.dtype | None = None) -> Tensor:
     """The net's logits for ``batch``, fed channels-last to its batch-norm-folded twin on the CPU
-    (:func:`camlib.hooks.forward_fast`, :func:`camlib.hooks.cpu_twin`)."""
-    return logits_of(forward_fast(net, batch, twin=cpu_twin(net, batch)))
+    (:func:`camlib.hooks.logits_fast`; ``amp``: in that reduced precision, float32 out)."""
+    return logits_fast(net, batch, amp)
 
 
 @torch.no_grad()
@@ -311,6 +312,7 @@ def perturbation_curve(
     batch_size: int = 64,
     progress: bool = True,
     kind: str = "deletion",
+    amp: bool | torch.dtype = False,
 ) -> Curve:
     r"""The general RISE curve: go from ``start`` to ``finish`` pixel by pixel, most salient first.
 
@@ -319,9 +321,12 @@ def perturbation_curve(
     The probability of the target class (``None``: top-1 on ``x``) is recorded at
     each step. All (image, step) pairs are built as batches of ``batch_size`` and run
     without gradients; ``progress`` shows a tqdm bar over those batches.
-    Ties in the map are broken by raster order, so the result is deterministic.
+    Ties in the map are broken by raster order, so the result is deterministic. ``amp=True`` runs
+    those forwards in reduced precision (:func:`camlib.device.amp_dtype`, float32 probabilities; the
+    target is still chosen in float32): for many images on a GPU.
     """
     x, maps = _check_maps(x, maps)
+    low = amp_dtype(x.device, amp)
     b, _, h, w = x.shape
     check_batch_size(batch_size)
     if not 1 <= steps <= h * w:
@@ -340,7 +345,7 @@ def perturbation_curve(
             img, step = pairs[lo : lo + batch_size].unbind(1)
             keep = (ranks[img] < counts[step, None, None])[:, None]
             batch = torch.where(keep, finish[img], start[img])
-            probs[img, step] = _probs(net, batch, idx[img]).to(probs.dtype)
+            probs[img, step] = _probs(net, batch, idx[img], low).to(probs.dtype)
     fractions = counts.float() / (h * w)
     return Curve(kind, fractions, probs, torch.trapezoid(probs, fractions, dim=1), idx)
 
@@ -354,6 +359,7 @@ def deletion_curve(
     baseline: str | float | Tensor = "zeros",
     batch_size: int = 64,
     progress: bool = True,
+    amp: bool | torch.dtype = False,
 ) -> Curve:
     r"""Deletion curve and its area (Petsiuk et al. 2018, RISE, arXiv:1806.07421). Lower AUC is better.
 
@@ -362,13 +368,15 @@ def deletion_curve(
     ImageNet input is the dataset's mean colour (RISE's code also uses zeros). ``"blur"``
     replaces them by a blurred copy (:func:`gaussian_blur`) instead, a number or an
     ``x``-shaped tensor by that. The area is the trapezoid rule over the fraction of
-    pixels removed, in [0, 1].
+    pixels removed, in [0, 1]. ``amp=True``: the forwards in reduced precision (see
+    :func:`perturbation_curve`).
 
     >>> d = deletion_curve(model.net, x, maps, steps=20)   # doctest: +SKIP
     >>> d.value, d.per_image, d.probs.shape                # doctest: +SKIP
     """
     x, maps = _check_maps(x, maps)
-    return perturbation_curve(net, x, maps, x, _baseline(x, baseline), targets, steps, batch_size, progress, "deletion")
+    start, finish = x, _baseline(x, baseline)
+    return perturbation_curve(net, x, maps, start, finish, targets, steps, batch_size, progress, "deletion", amp)
 
 
 def insertion_curve(
@@ -380,6 +388,7 @@ def insertion_curve(
     baseline: str | float | Tensor = "blur",
     batch_size: int = 64,
     progress: bool = True,
+    amp: bool | torch.dtype = False,
 ) -> Curve:
     r"""Insertion curve and its area (Petsiuk et al. 2018, RISE). Higher AUC is better.
 
@@ -389,7 +398,7 @@ def insertion_curve(
     """
     x, maps = _check_maps(x, maps)
     return perturbation_curve(
-        net, x, maps, _baseline(x, baseline), x, targets, steps, batch_size, progress, "insertion"
+        net, x, maps, _baseline(x, baseline), x, targets, steps, batch_size, progress, "insertion", amp
     )
 
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hooks import cpu_twin, eval_mode, forward_fast, logits_of
+from ..device import amp_dtype
+from ..hooks import cpu_twin, eval_mode, logits_fast, logits_of
 from ..targets import Targets, class_indices
 from ..viz import upsample
 
@@ -165,6 +166,7 @@ def road(
     batch_size: int = 64,
     progress: bool = True,
     tol: float = 1e-6,
+    amp: bool | torch.dtype = False,
 ) -> Road:
     r"""ROAD (Rong et al. 2022, arXiv:2202.00449): probability after removing pixels by noisy linear imputation.
 
@@ -179,7 +181,9 @@ def road(
     an int, or one class per image. All (image, fraction) images are imputed then classified in
     batches of ``batch_size`` (tqdm bar if ``progress``). Rong et al. report accuracy
     over a data set; this is the per-image probability, as in pytorch-grad-cam's
-    ``ROADMostRelevantFirst`` (which reports its change from the original).
+    ``ROADMostRelevantFirst`` (which reports its change from the original). ``amp=True`` classifies
+    the imputed images in reduced precision (:func:`camlib.device.amp_dtype`, float32
+    probabilities; the target is chosen in float32): for many images on a GPU.
 
     >>> r = metrics.road(net, x, maps, order="morf")    # doctest: +SKIP
     >>> r.value, r.probs.shape                           # doctest: +SKIP
@@ -196,6 +200,7 @@ def road(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     x, maps = _check_maps(x, maps)
+    low = amp_dtype(x.device, amp)
     b, _, h, w = x.shape
     with torch.no_grad(), eval_mode(net):
         idx = class_indices(logits_of(net(x)), targets)
@@ -203,11 +208,12 @@ def road(
         counts = (frac * h * w).round().long().to(x.device)
         pairs = torch.cartesian_prod(torch.arange(b), torch.arange(len(frac)))
         probs = torch.empty(b, len(frac), device=x.device)
-        twin = cpu_twin(net, x)  # once: every chunk runs the same (folded, on the CPU) model
+        chunk = x[:1].expand(min(batch_size, len(pairs)), -1, -1, -1)  # a view: what each forward gets
+        twin = cpu_twin(net, chunk, amp=low is not None)  # once: every chunk runs the same model
         for lo in tqdm(range(0, len(pairs), batch_size), desc=f"ROAD {order}", disable=not progress, leave=False):
             img, step = pairs[lo : lo + batch_size].to(x.device).unbind(1)
             removed = ranks[img] < counts[step, None, None]
             filled = linear_imputation(x[img], removed, noise, seed + lo, tol)  # image i: seed + pair index
-            logits = logits_of(forward_fast(net, filled, twin=twin))
+            logits = logits_fast(net, filled, low, twin=twin)
             probs[img, step] = logits.softmax(1).gather(1, idx[img, None])[:, 0].to(probs.dtype)
     return Road(order, frac.float(), probs, probs.mean(1), idx)

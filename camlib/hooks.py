@@ -338,7 +338,7 @@ def logits_fast(
 ) -> Tensor:
     """The logits of a forward of ``x`` without gradients, through :func:`forward_fast` (on the CPU the
     folded twin, :func:`cpu_twin`, unless ``twin`` is given); for the many forwards of Score-CAM,
-    Ablation-CAM and the faithfulness metrics.
+    the deletion/insertion curves and ROAD.
 
     ``amp`` (``torch.bfloat16`` or ``torch.float16``) runs the forward under :func:`torch.autocast`
     (on CUDA channels-last in that dtype, :func:`fast_layout`) and returns float32 logits; if any is

@@ -290,8 +290,8 @@ def _then(
     finish: Callable[[Tensor, Tensor, Tensor], Any],
 ) -> Any:
     """``finish(acts, grads, logits)`` of :func:`layer_gradients`; with ``amp``, ``finish`` runs before the
-    finiteness check is read, so that one wait for the GPU comes last and everything before it overlaps
-    the GPU's work (Grad-CAM at batch 256 on an H100: the wait after the forward cost ~2 ms)."""
+    finiteness check is read: one wait for the GPU, at the end, instead of three before the map (on an
+    H100 at batch 256 the time did not change measurably; it cannot cost)."""
     net = as_module(net)
     low = amp_dtype(x.device, amp)
     if low is not None:

@@ -334,8 +334,7 @@ def scorecam_weights(
     with eval_mode(net), torch.no_grad():
         images, classes = _classes(logits_of(net(x), output), targets)
         size = (x.shape[-2], x.shape[-1])
-        chunk = x[:1].expand(min(batch_size, x.shape[0] * acts.shape[1]), -1, -1, -1)  # what each forward gets
-        twin = cpu_twin(net, chunk, amp=low is not None)
+        twin = cpu_twin(net, x, amp=low is not None, batch=min(batch_size, x.shape[0] * acts.shape[1]))
 
         def run(img: Tensor, ch: Tensor) -> Tensor:
             img, ch = img.to(x.device), ch.to(x.device)

@@ -270,14 +270,17 @@ _CUDA_TWIN = True
 _CUDA_TWIN_MIN_BATCH = {False: 16, True: 128}  # float32, autocast; crossovers measured, see cpu_twin
 
 
-def cpu_twin(net: nn.Module, x: Tensor, keep: tuple[str, ...] = (), amp: bool | None = None) -> nn.Module:
+def cpu_twin(
+    net: nn.Module, x: Tensor, keep: tuple[str, ...] = (), amp: bool | None = None, batch: int | None = None
+) -> nn.Module:
     """The model a batch ``x`` runs through: ``net`` with its batch norms folded into the convolutions
     before them (:func:`camlib.fold.folded`, parameters shared, ``keep`` left as is), or ``net`` itself.
 
     On the CPU always (the batch norm is a memory-bound pass there). On CUDA only where cuDNN fuses
     the folded convolution with its bias and ReLU (ResNets; not the ReLU6 of EfficientNet-Lite0) and
     the batch is large enough for the GPU, not Python, to set the pace: from 16 images in float32,
-    from 128 under autocast (``amp``; ``None``: whether autocast is on now). Measured on an H100,
+    from 128 under autocast (``amp``; ``None``: whether autocast is on now); ``batch``: the images per
+    forward when they are not ``x``'s (Score-CAM, ROAD: chunks of ``batch_size``). Measured on an H100,
     ResNet-50 at 224 px, Grad-CAM with the twin against without: batch 8 1.39× the time, 16 0.95×,
     64 0.86×, 256 0.78×; under bfloat16 autocast batch 64 1.11×, 256 0.67×. On MPS never.
     """
@@ -287,7 +290,8 @@ def cpu_twin(net: nn.Module, x: Tensor, keep: tuple[str, ...] = (), amp: bool | 
         return folded(net, keep)
     if amp is None:  # the forward will run under CUDA autocast
         amp = x.is_cuda and torch.is_autocast_enabled("cuda")
-    if not (_CUDA_TWIN and x.is_cuda and x.dim() == 4 and x.shape[0] >= _CUDA_TWIN_MIN_BATCH[amp]):
+    batch = x.shape[0] if batch is None else batch
+    if not (_CUDA_TWIN and x.is_cuda and x.dim() == 4 and batch >= _CUDA_TWIN_MIN_BATCH[amp]):
         return net
     from .fold import folded, fused_relu
 

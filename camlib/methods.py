@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .device import amp_dtype, exact, full_fp32
+from .device import amp_dtype, exact
 from .hooks import Layer, as_module, eval_mode, forward_fast, forward_with_grad_at, logits_of, resolve_layer
 from .targets import Targets, check_kind, class_indices, is_many, scores
 from .tokens import Reshape
@@ -336,6 +336,7 @@ def _wide(t: Tensor, amp: torch.dtype | None) -> Tensor:
     return t.float() if amp is not None else t
 
 
+@exact
 def gradcam(
     net: nn.Module,
     x: Tensor,
@@ -363,8 +364,7 @@ def gradcam(
     block's ``norm1``.
     """
     finish = lambda acts, grads, _: weighted_map(gradcam_weights(grads, counterfactual), acts)  # noqa: E731
-    with full_fp32():
-        return _then(net, x, layer, targets, output, amp, reshape, finish)
+    return _then(net, x, layer, targets, output, amp, reshape, finish)
 
 
 def gradcam_weights(grads: Tensor, counterfactual: bool = False) -> Tensor:
@@ -386,6 +386,7 @@ def weighted_map(weights: Tensor, acts: Tensor) -> Tensor:
     return torch.relu(torch.einsum("bk,bkhw->bhw", weights, acts))
 
 
+@exact
 def gradcam_pp(
     net: nn.Module,
     x: Tensor,
@@ -408,8 +409,7 @@ def gradcam_pp(
     precision, the coefficients and the map in float32 (see :func:`layer_gradients`).
     """
     finish = lambda acts, grads, _: weighted_map(gradcam_pp_weights(acts, grads), acts)  # noqa: E731
-    with full_fp32():
-        return _then(net, x, layer, targets, output, amp, reshape, finish)
+    return _then(net, x, layer, targets, output, amp, reshape, finish)
 
 
 class _GuidedClamp(torch.autograd.Function):

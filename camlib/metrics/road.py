@@ -208,8 +208,7 @@ def road(
         counts = (frac * h * w).round().long().to(x.device)
         pairs = torch.cartesian_prod(torch.arange(b), torch.arange(len(frac)))
         probs = torch.empty(b, len(frac), device=x.device)
-        chunk = x[:1].expand(min(batch_size, len(pairs)), -1, -1, -1)  # a view: what each forward gets
-        twin = cpu_twin(net, chunk, amp=low is not None)  # once: every chunk runs the same model
+        twin = cpu_twin(net, x, amp=low is not None, batch=min(batch_size, len(pairs)))  # once for all chunks
         for lo in tqdm(range(0, len(pairs), batch_size), desc=f"ROAD {order}", disable=not progress, leave=False):
             img, step = pairs[lo : lo + batch_size].to(x.device).unbind(1)
             removed = ranks[img] < counts[step, None, None]

@@ -6,6 +6,7 @@ camlib as it ran before folding.
 
 from __future__ import annotations
 
+import copy
 import gc
 
 import pytest
@@ -113,6 +114,8 @@ def test_the_twin_is_cached_and_follows_the_models_weights():
             lambda: net[4].weight.mul_(-2.0),
             lambda: net[4].bias.add_(1.0),
             lambda: net[0].bias.sub_(0.3),
+            lambda: net[0].weight.mul_(0.5),  # a convolution's weight: its packed copy is made again
+            lambda: net[3].weight.add_(0.1),
         ):
             before = twin(x)
             change()
@@ -123,6 +126,15 @@ def test_the_twin_is_cached_and_follows_the_models_weights():
             p.data = p.data * 1.5
         assert fold.folded(net) is twin
         assert _rel(twin(x), net(x)) < 1e-5
+    with torch.no_grad():
+        before = twin(x)
+    net.train()  # a training forward updates the running statistics inside the kernel (no version moves) ...
+    net(torch.randn(4, 3, 16, 16) * 3 + 1)
+    net.eval()  # ... but counts the batch in place: recomputed
+    assert fold.folded(net) is twin
+    with torch.no_grad():
+        after, ref = twin(x), net(x)
+    assert _rel(after, ref) < 1e-5 and _rel(before, ref) > 1e-3
     net[3] = nn.Conv2d(8, 8, 3, padding=1).eval()  # a replaced module: a new twin
     assert fold.folded(net) is not twin
     with torch.no_grad():
@@ -299,27 +311,48 @@ def test_without_onednns_fused_convolution_the_twin_computes_the_same(resnet18, 
         assert _rel(a, r) < 1e-5 and _rel(b, r) < 1e-5
 
 
-def test_a_deep_convolution_on_few_pixels_runs_in_nchw(resnet18, monkeypatch):
-    """ResNet's layer3/layer4 3×3 convolutions on one small image run as NCHW (their weights need no
-    reordering then); on a larger batch they stay channels-last. Same numbers either way."""
-    calls: list[tuple[int, ...]] = []
-    plain = fold._FoldedConv._plain
+def _packed_now() -> dict[tuple[int, bool], torch.Tensor]:
+    return {(id(w), scaled): hit[1] for w, kept in fold._PACKED.items() for scaled, hit in kept.items()}
 
-    def spy(self, x, other):
-        calls.append(tuple(self.conv.weight.shape))
-        return plain(self, x, other)
 
-    monkeypatch.setattr(fold._FoldedConv, "_plain", spy)
-    twin = fold.folded(resnet18)
-    deep = {(512, 512, 3, 3), (512, 256, 3, 3), (256, 256, 3, 3), (256, 128, 3, 3)}  # ≥ 256 k weights
-    for batch, expected in ((2, deep), (64, set())):
-        calls.clear()
-        x = torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-        with torch.no_grad():
-            out = twin(x.contiguous(memory_format=torch.channels_last))
-            ref = resnet18(x)
-        assert _rel(out, ref) < 1e-5
-        assert set(calls) == expected
+def test_the_packed_weights_are_made_once_shared_by_twins_and_follow_the_weights(resnet18):
+    """The weights oneDNN gets in its own layout are kept between calls, one copy per weight for
+    every twin of the model, and made again when the batch's shape or a weight changes."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)).contiguous(
+        memory_format=torch.channels_last
+    )
+    net = copy.deepcopy(resnet18)
+    convs = {id(m.weight) for m in net.modules() if isinstance(m, nn.Conv2d)}
+    with torch.no_grad():
+        first = fold.folded(net)(x)
+        kept = {k: v for k, v in _packed_now().items() if k[0] in convs}
+        assert {k[0] for k in kept} == convs  # every convolution: 1×1, 3×3, stem, shortcut
+        assert {k[1] for k in kept} == {False, True}  # plain, and scaled where a residual sum is fused
+        again = fold.folded(net, keep=("layer3.0.conv1",))(x)  # another twin: the same copies
+        assert all(_packed_now()[k] is v for k, v in kept.items())
+        assert _rel(again, first) < 1e-5 and _rel(first, net(x)) < 1e-5
+        fold.folded(net)(x[:1])  # another shape: made again
+        assert not any(_packed_now()[k] is v for k, v in kept.items())
+        for tensor, factor in ((net.layer4[1].conv2.weight, -2.0), (net.layer1[0].bn2.running_var, 3.0)):
+            before = fold.folded(net)(x)
+            tensor.mul_(factor)
+            after, ref = fold.folded(net)(x), net(x)
+            assert _rel(after, ref) < 1e-5 and _rel(before, ref) > 1e-3
+    del net, first, again, tensor
+    gc.collect()
+    assert not any(k[0] in convs for k in _packed_now())  # dropped with the model
+
+
+def test_no_packed_weights_are_kept_with_autograd_or_in_inference_mode():
+    net = _tiny()
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    twin = fold.folded(net)
+    convs = {id(net[0].weight), id(net[3].weight)}
+    with torch.inference_mode():
+        assert _rel(twin(x), net(x)) < 1e-5
+    out = twin(x)  # with autograd: the weights as they are, a graph to them
+    assert out.requires_grad and _rel(out.detach(), net(x).detach()) < 1e-5
+    assert not any(k[0] in convs for k in _packed_now())
 
 
 def test_the_gpu_path_without_a_relu_runs_the_pair_unfolded(resnet18, real_model, chelsea_x):

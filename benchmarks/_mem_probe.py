@@ -11,7 +11,9 @@ LIBRARY is ``forward`` (a plain ``torch.no_grad()`` forward, the yardstick), ``c
 * ``kept``: resident memory right after the second call returned, the library's objects
   (extractor, outputs) still alive, as in a loop or a notebook cell;
 * ``freed``: resident memory after the extractor's ``with`` block is left and the objects
-  are dropped.
+  are dropped;
+* ``cache`` (camlib): what :func:`camlib.fold.forget` then releases, the convolution weights
+  camlib keeps packed in oneDNN's layout for the next call (part of the three figures above).
 
 Run it with ``MALLOC_MMAP_THRESHOLD_=65536`` (bench_methods.py does) so that glibc serves
 large blocks with ``mmap`` and returns them on free: resident memory then follows the live
@@ -124,6 +126,13 @@ def main() -> None:
     del result, held
     gc.collect()
     freed = _status_mib("VmRSS") - base
+    cache = 0.0
+    if args.library == "camlib":  # what camlib keeps for the next call: the packed convolution weights
+        import camlib.fold
+
+        camlib.fold.forget(net)
+        gc.collect()
+        cache = freed - (_status_mib("VmRSS") - base)
 
     print(
         json.dumps(
@@ -135,6 +144,7 @@ def main() -> None:
                 "peak_warm": round(peak_warm, 1),
                 "kept": round(kept, 1),
                 "freed": round(freed, 1),
+                "cache": round(cache, 1),
             }
         )
     )

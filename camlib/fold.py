@@ -33,8 +33,9 @@ rounding (≤ 1e-5 relative, ``tests/test_fold.py``).
 
 On the CPU the weights are handed to oneDNN already in its blocked layout (:func:`_packed`), made
 once and kept until they change, instead of being copied into the input's layout and reordered on
-every call. That copy is the one thing camlib keeps beside the model: about the size of its
-convolution weights (ResNet-50 91 MiB, EfficientNet-Lite0 12 MiB), dropped with the model.
+every call. That copy is the one thing camlib keeps beside the model after a call: about the size of
+its convolution weights (ResNet-50 91 MiB, EfficientNet-Lite0 12 MiB), dropped with the model or by
+:func:`forget`.
 
 On CUDA (large batches of a ResNet, :func:`camlib.hooks.cpu_twin`) a pair followed by a ReLU runs as
 cuDNN's fused convolution + bias (+ residual) + ReLU with the weights scaled during the call; any
@@ -53,7 +54,7 @@ import torch.nn.functional as F
 import torch.utils.weak
 from torch import Tensor, nn
 
-__all__ = ["FoldMismatch", "clear", "folded", "fold_pairs"]
+__all__ = ["FoldMismatch", "clear", "folded", "fold_pairs", "forget"]
 
 
 class FoldMismatch(RuntimeError):
@@ -460,6 +461,22 @@ def clear(twin: nn.Module) -> None:
     """Drop what a folded twin's convolutions remember of the last call (after an exception)."""
     for m in getattr(twin, "_folded_convs", ()):
         m.last = None
+
+
+def forget(net: nn.Module | None = None) -> None:
+    """Drop what camlib keeps for ``net`` between calls (every model's if ``None``): its folded twins
+    and the packed copies of its convolution weights (:func:`_packed`, about the size of the weights).
+
+    Both are dropped with the model anyway and made again by the next call; this is for a tight
+    memory budget while the model lives on. The model itself is not touched.
+    """
+    if net is None:
+        _TWINS.clear()
+        _PACKED.clear()
+        return
+    _TWINS.pop(net, None)
+    for p in net.parameters():
+        _PACKED.pop(p, None)
 
 
 def _set(root: nn.Module, name: str, module: nn.Module) -> None:

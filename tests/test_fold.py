@@ -338,6 +338,15 @@ def test_the_packed_weights_are_made_once_shared_by_twins_and_follow_the_weights
             tensor.mul_(factor)
             after, ref = fold.folded(net)(x), net(x)
             assert _rel(after, ref) < 1e-5 and _rel(before, ref) > 1e-3
+    other = _tiny()
+    with torch.no_grad():
+        fold.folded(other)(torch.randn(1, 3, 8, 8))
+    assert any(k[0] == id(other[0].weight) for k in _packed_now())
+    fold.forget(net)  # on demand: this model's copies and twins, not another model's
+    assert not any(k[0] in convs for k in _packed_now()) and net not in fold._TWINS
+    assert any(k[0] == id(other[0].weight) for k in _packed_now()) and other in fold._TWINS
+    with torch.no_grad():
+        assert _rel(fold.folded(net)(x), net(x)) < 1e-5  # made again by the next call
     del net, first, again, tensor
     gc.collect()
     assert not any(k[0] in convs for k in _packed_now())  # dropped with the model

@@ -297,13 +297,20 @@ def _packed(fc: _FoldedConv, x: Tensor, scaled: bool) -> Tensor:
     if hit is not None and hit[0] == key:
         return hit[1]
     w = weight * fc._kept[1][0].reshape(-1, 1, 1, 1) if scaled else weight
-    if not reuse:
+    reorder = _reorder()
+    if not reuse or reorder is None:
         return w
-    packed = torch.ops.mkldnn._reorder_convolution_weight(
-        w, conv.padding, conv.stride, conv.dilation, conv.groups, list(x.shape)
-    )
-    kept[scaled] = (key, packed)
-    return packed
+    kept[scaled] = (key, reorder(w, conv.padding, conv.stride, conv.dilation, conv.groups, list(x.shape)))
+    return kept[scaled][1]
+
+
+@functools.cache
+def _reorder() -> object | None:
+    """``torch.ops.mkldnn._reorder_convolution_weight`` (oneDNN's weight packing), if this build has it."""
+    try:
+        return torch.ops.mkldnn._reorder_convolution_weight
+    except (AttributeError, RuntimeError):
+        return None
 
 
 class _FoldedBN(nn.Module):

@@ -294,10 +294,15 @@ def test_a_kept_module_keeps_its_own_output(resnet18, unfolded):
     assert float(ref[0].min()) < 0 and float(ref[2].min()) < 0  # before the ReLU: a fused one would show
 
 
-def test_without_onednns_fused_convolution_the_twin_computes_the_same(resnet18, real_model, chelsea_x, monkeypatch):
+def test_without_onednn_fusion_or_packing_the_twin_computes_the_same(resnet18, real_model, chelsea_x, monkeypatch):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         fused = [
+            fold.folded(resnet18)(x.contiguous(memory_format=torch.channels_last)),
+            fold.folded(real_model.net)(chelsea_x),
+        ]
+        monkeypatch.setattr(fold, "_reorder", lambda: None)  # a build without oneDNN's weight packing
+        unpacked = [
             fold.folded(resnet18)(x.contiguous(memory_format=torch.channels_last)),
             fold.folded(real_model.net)(chelsea_x),
         ]
@@ -307,8 +312,8 @@ def test_without_onednns_fused_convolution_the_twin_computes_the_same(resnet18, 
             fold.folded(real_model.net)(chelsea_x),
         ]
         ref = [resnet18(x), real_model.net(chelsea_x)]
-    for a, b, r in zip(fused, plain, ref, strict=True):
-        assert _rel(a, r) < 1e-5 and _rel(b, r) < 1e-5
+    for a, b, c, r in zip(fused, plain, unpacked, ref, strict=True):
+        assert _rel(a, r) < 1e-5 and _rel(b, r) < 1e-5 and torch.equal(c, a)
 
 
 def _packed_now() -> dict[tuple[int, bool], torch.Tensor]:

@@ -138,10 +138,11 @@ def _fast(conv: nn.Conv2d, x: Tensor) -> bool:
 
 
 @functools.cache
-def _pointwise() -> object | None:
-    """``torch.ops.mkldnn._convolution_pointwise`` (convolution with fused post-ops), if this build has it."""
+def _mkldnn(name: str) -> object | None:
+    """``torch.ops.mkldnn.<name>`` if this build has it: ``_convolution_pointwise`` (a convolution with
+    fused post-ops), ``_reorder_convolution_weight`` (oneDNN's weight packing, :func:`_packed`)."""
     try:
-        return torch.ops.mkldnn._convolution_pointwise
+        return getattr(torch.ops.mkldnn, name)
     except (AttributeError, RuntimeError):
         return None
 
@@ -210,22 +211,22 @@ class _FoldedConv(nn.Module):
         fast = _fast(conv, x)
         args = (conv.padding, conv.stride, conv.dilation, conv.groups)
         attr, scalars = _POST_OPS.get(type(self.act), (None, []))
-        fused = _pointwise() if fast and (other is None or other.dtype == x.dtype) else None
+        fused = _mkldnn("_convolution_pointwise") if fast and (other is None or other.dtype == x.dtype) else None
         if fused is not None and other is None and attr in (None, "relu"):  # oneDNN fuses binary + these only
             # s ⊙ (W * x + shift / s): the scale as oneDNN's per-channel post-op, no scaled copy of the weights
             if ratio is not None:
                 per_channel = scale.reshape(1, -1, 1, 1)
                 w = _packed(self, x, scaled=False)
+                w = conv.weight if w is None else w
                 return fused.binary(x, per_channel, w, ratio, *args, "mul", None, attr, scalars, None)
         if x.is_cuda and not torch.is_grad_enabled() and isinstance(conv.padding, tuple) and x.dim() == 4:
             return self._cuda(x, other, scale, shift)
         scale = scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
-        if fused is not None and (other is not None or attr is not None) and self._kept is not None:
-            w = _packed(self, x, scaled=True)
-        elif fast and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        w = _packed(self, x, scaled=True) if fused is not None and (other is not None or attr is not None) else None
+        if w is None and fast and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             # the scaled weights written in the input's layout: oneDNN would copy them into it otherwise
             w = torch.mul(conv.weight, scale, out=torch.empty_like(conv.weight, memory_format=torch.channels_last))
-        else:
+        elif w is None:
             w = conv.weight * scale
         if fused is not None and other is not None:  # a ResNet block's ReLU(conv(x) + identity)
             return fused.binary(x, other, w, shift, *args, "add", None, attr, scalars, None)
@@ -274,7 +275,7 @@ class _FoldedConv(nn.Module):
 _PACKED: torch.utils.weak.WeakIdKeyDictionary = torch.utils.weak.WeakIdKeyDictionary()
 
 
-def _packed(fc: _FoldedConv, x: Tensor, scaled: bool) -> Tensor:
+def _packed(fc: _FoldedConv, x: Tensor, scaled: bool) -> Tensor | None:
     """The weights of ``fc``'s convolution (times the folded scale :math:`s` if ``scaled``) in oneDNN's
     blocked layout for a batch shaped like ``x``, made once and kept until they would differ.
 
@@ -282,35 +283,23 @@ def _packed(fc: _FoldedConv, x: Tensor, scaled: bool) -> Tensor:
     own, on every call. Grad-CAM with them kept, against without (2-core AVX2 CPU, same process):
     ResNet-50 batch 8 0.92× the time, batch 1 0.78×; EfficientNet-Lite0 batch 16 0.99×, batch 1
     0.86×. The layout depends on the batch's shape: a 3×3 512 → 512 convolution packed for another
-    shape took 7–60× as long. Kept like the scale and shift (without autograd, outside inference mode, one copy per
-    weight tensor however many twins share it, dropped with the weight), and made again when the
-    weight, the scale's sources (:meth:`_FoldedConv._affine`), the batch's shape or its layout change.
-    Where it cannot be kept the weights are returned as they are (scaled if asked).
+    shape took 7–60× as long. Kept like the scale and shift (without autograd, outside inference
+    mode), one copy per weight tensor however many twins share it, dropped with the weight or by
+    :func:`forget`, and made again when the weight, the scale's sources (:meth:`_FoldedConv._affine`),
+    the batch's shape or its layout change. ``None`` where it cannot be kept (the caller then passes
+    the weights as before).
     """
-    conv = fc.conv
-    weight = conv.weight
-    made = fc._kept[0] if scaled and fc._kept is not None else None
-    key = (weight._version, weight.data_ptr(), tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last), made)
-    reuse = not torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and (made is not None or not scaled)
-    kept = _PACKED.setdefault(weight, {}) if reuse else {}
-    hit = kept.get(scaled)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    w = weight * fc._kept[1][0].reshape(-1, 1, 1, 1) if scaled else weight
-    reorder = _reorder()
-    if not reuse or reorder is None:
-        return w
-    kept[scaled] = (key, reorder(w, conv.padding, conv.stride, conv.dilation, conv.groups, list(x.shape)))
-    return kept[scaled][1]
-
-
-@functools.cache
-def _reorder() -> object | None:
-    """``torch.ops.mkldnn._reorder_convolution_weight`` (oneDNN's weight packing), if this build has it."""
-    try:
-        return torch.ops.mkldnn._reorder_convolution_weight
-    except (AttributeError, RuntimeError):
+    conv, weight = fc.conv, fc.conv.weight
+    made = fc._kept[0] if scaled and fc._kept is not None else None  # the scale's sources, when kept
+    reorder = _mkldnn("_reorder_convolution_weight")
+    if reorder is None or torch.is_grad_enabled() or torch.is_inference_mode_enabled() or (scaled and made is None):
         return None
+    key = (weight._version, weight.data_ptr(), tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last), made)
+    kept = _PACKED.setdefault(weight, {})
+    if scaled not in kept or kept[scaled][0] != key:
+        w = weight * fc._kept[1][0].reshape(-1, 1, 1, 1) if scaled else weight
+        kept[scaled] = (key, reorder(w, conv.padding, conv.stride, conv.dilation, conv.groups, list(x.shape)))
+    return kept[scaled][1]
 
 
 class _FoldedBN(nn.Module):

@@ -168,13 +168,7 @@ def _probs(net: nn.Module, batch: Tensor, classes: Tensor, amp: torch.dtype | No
     The batch goes in as channels-last: the same numbers up to float rounding, and on
     CPU about 40 % less time for depthwise-separable nets such as EfficientNet.
     """
-    return _logits(net, batch, amp).softmax(dim=1).gather(1, classes[:, None])[:, 0]
-
-
-def _logits(net: nn.Module, batch: Tensor, amp: torch.dtype | None = None) -> Tensor:
-    """The net's logits for ``batch``, fed channels-last to its batch-norm-folded twin on the CPU
-    (:func:`camlib.hooks.logits_fast`; ``amp``: in that reduced precision, float32 out)."""
-    return logits_fast(net, batch, amp)
+    return logits_fast(net, batch, amp).softmax(dim=1).gather(1, classes[:, None])[:, 0]
 
 
 @torch.no_grad()
@@ -192,7 +186,7 @@ def _targets_and_y(net: nn.Module, x: Tensor, targets: Targets, batch_size: int)
     check_batch_size(batch_size)
     net = as_module(net)
     with torch.no_grad(), eval_mode(net):
-        logits = torch.cat([_logits(net, x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        logits = torch.cat([logits_fast(net, x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
     idx = class_indices(logits, targets)
     return idx, logits.softmax(dim=1).gather(1, idx[:, None])[:, 0]
 
@@ -211,8 +205,8 @@ def _log_confidences(net: nn.Module, x: Tensor, maps: Tensor, classes: Tensor) -
     """``(log Y, log O)`` from log-softmax, finite where the probabilities underflow to 0."""
     net = as_module(net)
     with torch.no_grad(), eval_mode(net):
-        log_y = _logits(net, x).log_softmax(1).gather(1, classes[:, None])[:, 0]
-        log_o = _logits(net, explanation_image(x, maps)).log_softmax(1).gather(1, classes[:, None])[:, 0]
+        log_y = logits_fast(net, x).log_softmax(1).gather(1, classes[:, None])[:, 0]
+        log_o = logits_fast(net, explanation_image(x, maps)).log_softmax(1).gather(1, classes[:, None])[:, 0]
     return log_y, log_o
 
 

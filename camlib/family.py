@@ -28,7 +28,8 @@ the map's arithmetic in float32, as :func:`camlib.gradcam` does: for big batches
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -44,11 +45,15 @@ from .hooks import (
     capture,
     cpu_twin,
     eval_mode,
+    fast_layout,
+    forward_fast,
     logits_fast,
     logits_of,
+    modules,
     resolve_layer,
 )
 from .methods import _many, layer_gradients, weighted_map
+from .split import Split, split_at
 from .targets import Targets, class_indices, is_many
 from .tokens import Reshape, token_grid
 from .tokens import _Error as TokenError
@@ -237,6 +242,19 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "not enough memory" in text
 
 
+def _guarded(fn: Callable[[], Tensor], desc: str, batch_size: int) -> Tensor:
+    """``fn()``, an out-of-memory error turned into a :class:`MemoryError` that says what to pass."""
+    try:
+        return fn()
+    except (RuntimeError, MemoryError) as err:
+        if not _is_oom(err) and not isinstance(err, MemoryError):
+            raise
+        raise MemoryError(
+            f"{desc} ran out of memory with batch_size={batch_size} (images per forward). "
+            f"Pass a smaller batch_size, e.g. batch_size={max(1, batch_size // 4)}."
+        ) from err
+
+
 def _classes(logits: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
     """``(image, class)`` index pairs, one per map: per image, or K classes for one image."""
     if logits.shape[0] == 1 and is_many(targets):
@@ -267,15 +285,7 @@ def _per_channel_logits(
     todo = torch.arange(total) if skip is None else (~skip[0].reshape(-1).cpu()).nonzero()[:, 0]
 
     def guarded(fn: Callable[[], Tensor]) -> Tensor:
-        try:
-            return fn()
-        except (RuntimeError, MemoryError) as err:
-            if not _is_oom(err) and not isinstance(err, MemoryError):
-                raise
-            raise MemoryError(
-                f"{desc} ran out of memory with batch_size={batch_size} (images per forward). "
-                f"Pass a smaller batch_size, e.g. batch_size={max(1, batch_size // 4)}."
-            ) from err
+        return _guarded(fn, desc, batch_size)
 
     out: Tensor | None = None
     if skip is not None and bool(skip[0].any()):
@@ -397,54 +407,118 @@ def ablationcam_weights(
 ) -> Tensor:
     r"""Ablation-CAM's channel weights :math:`w_k = (y^c - y^c_k) / y^c`, ``(B, K)``.
 
-    :math:`y^c_k` is the logit with channel :math:`k` of ``layer`` set to zero. The
-    part of the net *before* the layer runs once per chunk on one image; the layer's
-    output is replaced by ``batch_size`` ablated copies, so only the part after the
-    layer runs per channel (if that part mixes batch rows, the whole image is
-    repeated instead).
+    :math:`y^c_k` is the logit with channel :math:`k` of ``layer`` set to zero, :math:`y^c` the
+    logit with ``acts`` as they are, both from the part of the net after the layer run on ``acts``
+    (so that they differ by the ablation only). That part runs on ``batch_size`` ablated copies at a
+    time. Where the net can be cut at the layer (:func:`camlib.split.split_at`, :mod:`torch.fx`)
+    the part before the layer runs once per image and only the part after it per chunk; otherwise
+    the whole net runs per chunk with a hook that swaps in the copies (and if the part after the
+    layer mixes batch rows, on as many copies of the image). The cut is checked against the hook
+    once per chunk size and dropped if they differ. On the CPU through the folded twin
+    (:func:`camlib.hooks.cpu_twin`). The classes are chosen on the model's own logits.
     """
-    _, module = resolve_layer(net, layer)
+    name, _ = resolve_layer(net, layer)
     with eval_mode(net), torch.no_grad():
-        logits = logits_of(net(x), output)
-        images, classes = _classes(logits, targets)
-        y = logits[images, classes]
-        swap: dict[str, Tensor] = {}
-        mode: dict[str, bool] = {}
+        images, classes = _classes(logits_of(net(x), output), targets)
+        model = cpu_twin(net, x, keep=(name,), batch=min(batch_size, acts.shape[1]))
+        with _swapped(net, model, name, x, output) as after:
+            rows = range(acts.shape[0])
+            base = _guarded(
+                lambda: torch.cat([after(b, _copy(acts[b : b + 1])) for b in rows]), "Ablation-CAM", batch_size
+            )
 
-        def hook(_m: nn.Module, _i: Any, _o: Any) -> Tensor:
-            return swap["A"]
+            def run(img: Tensor, ch: Tensor) -> Tensor:
+                rows = []
+                for b in img.unique_consecutive().tolist():
+                    sel = ch[img == b].to(acts.device)
+                    ablated = _copy(acts[b].expand(len(sel), *acts.shape[1:]))
+                    ablated[torch.arange(len(sel), device=sel.device), sel] = 0
+                    rows.append(after(b, ablated))
+                return torch.cat(rows)
 
-        def forward(b: int, ch: Tensor, broadcast: bool) -> Tensor:
-            ablated = acts[b].expand(len(ch), *acts.shape[1:]).clone()
-            ablated[torch.arange(len(ch), device=ch.device), ch] = 0
-            swap["A"] = ablated
-            return logits_of(net(x[b : b + 1] if broadcast else x[b].expand(len(ch), *x.shape[1:])), output)
-
-        def run(img: Tensor, ch: Tensor) -> Tensor:
-            rows = []
-            for b in img.unique_consecutive().tolist():
-                sel = ch[img == b].to(x.device)
-                if mode.get("broadcast", True):
-                    try:  # the part before the layer once, the ablated copies after it
-                        out = forward(b, sel, True)
-                        if out.shape[0] == len(sel):
-                            mode["broadcast"] = True
-                            rows.append(out)
-                            continue
-                    except RuntimeError as err:
-                        if _is_oom(err):
-                            raise
-                    mode["broadcast"] = False
-                rows.append(forward(b, sel, False))
-            return torch.cat(rows)
-
-        handle = module.register_forward_hook(hook)
-        try:
             out = _per_channel_logits(run, x.shape[0], acts.shape[1], batch_size, progress, "Ablation-CAM")
-        finally:
-            handle.remove()
+    y = base[images, classes]
     yk = _score_weights(out, images, classes)
     return (y[:, None] - yk) / y[:, None]
+
+
+def _copy(a: Tensor) -> Tensor:
+    """A copy of ``a`` to write into, in :func:`camlib.hooks.fast_layout`'s memory format."""
+    cl = a.dim() == 4 and a.device.type == "cpu"
+    return torch.empty_like(a, memory_format=torch.channels_last if cl else torch.contiguous_format).copy_(a)
+
+
+@contextlib.contextmanager
+def _swapped(net: nn.Module, model: nn.Module, name: str, x: Tensor, output: Output) -> Iterator[Callable]:
+    """``after(b, a)``: the logits of image ``b`` of ``x`` with layer ``name``'s output replaced by the
+    ``n`` rows of ``a`` (``n`` logit rows). ``model``: ``net`` or its twin. Through the cut of
+    ``model`` at the layer (:func:`camlib.split.split_at`) where it gives what the hook gives (checked
+    once per ``n``), else the whole model with a hook; the hooks are removed on exit.
+    """
+    from .fold import FoldMismatch, clear
+
+    swap: dict[str, Tensor] = {}
+    mode: dict[str, bool] = {}
+    unhooked = not any(m._forward_hooks or m._forward_pre_hooks for m in modules(model))
+    cut = {"split": split_at(model, name) if unhooked else None, "b": None, "phi": ()}
+    checked: set[int] = set()
+
+    def hook(_m: nn.Module, _i: Any, _o: Any) -> Tensor:
+        return swap["a"]
+
+    def whole(b: int, a: Tensor) -> Tensor:
+        swap["a"] = a
+        if mode.get("broadcast", True):
+            try:  # the part before the layer on one image, the n rows after it
+                out = logits_of(forward_fast(net, x[b : b + 1], twin=model), output)
+                if out.shape[0] == len(a):
+                    mode["broadcast"] = True
+                    return out
+            except RuntimeError as err:
+                if _is_oom(err):
+                    raise
+            mode["broadcast"] = False
+        return logits_of(forward_fast(net, x[b].expand(len(a), *x.shape[1:]), twin=model), output)
+
+    def through_cut(split: Split, b: int, a: Tensor) -> Tensor | None:
+        if cut["b"] != b:
+            cut["b"], cut["phi"] = b, split.head(fast_layout(x[b : b + 1]))
+        phi = cut["phi"]
+        seen = [v._version for v in phi if isinstance(v, Tensor)]
+        try:
+            out = logits_of(split.after(a.clone() if len(a) not in checked else a, phi), output)
+        except (RuntimeError, FoldMismatch) as err:
+            if _is_oom(err):
+                raise
+            return None
+        finally:
+            if model is not net:
+                clear(model)
+        if seen != [v._version for v in phi if isinstance(v, Tensor)] or out.shape[0] != len(a):
+            return None  # the part after the layer wrote into what came from before it, or mixed rows
+        if len(a) not in checked:
+            ref = whole(b, a)
+            if not torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())):
+                return None
+            checked.add(len(a))
+        return out
+
+    def after(b: int, a: Tensor) -> Tensor:
+        split = cut["split"]
+        out = None if split is None else through_cut(split, b, a)
+        if out is None:
+            cut["split"], cut["phi"] = None, ()
+            out = whole(b, a)
+        return out
+
+    handles = [net.get_submodule(name).register_forward_hook(hook)]
+    if model is not net:
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        yield after
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @exact

@@ -127,14 +127,27 @@ _POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {nn.ReLU: ("relu", [
 
 
 def _fast(conv: nn.Conv2d, x: Tensor) -> bool:
-    """A float32 CPU batch without autograd, for a convolution oneDNN runs directly (camlib's fast paths)."""
+    """A float32 CPU batch without autograd, for a convolution oneDNN runs directly (camlib's fast paths),
+    whose output has more than one pixel: torch 2.11's oneDNN (Colab's) fails with "could not create a
+    memory" on the fused convolutions for a 1 × 1 output (a small input deep in a net), so those few
+    run as a plain convolution."""
     return (
         _MKLDNN
         and x.device.type == "cpu"
         and x.dtype == conv.weight.dtype == torch.float32
         and not torch.is_grad_enabled()
         and isinstance(conv.padding, tuple)  # not "same"/"valid"
+        and x.dim() == 4
+        and _out_pixels(conv, x) > 1
     )
+
+
+def _out_pixels(conv: nn.Conv2d, x: Tensor) -> int:
+    """The number of output pixels of ``conv`` on ``x`` ``(B, C, H, W)``."""
+    n = 1
+    for size, k, s, p, d in zip(x.shape[-2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True):
+        n *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+    return n
 
 
 @functools.cache

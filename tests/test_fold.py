@@ -405,3 +405,17 @@ def test_the_module_walk_gives_every_module_once():
     walked = hooks.modules(net)
     assert walked[0] is net and len(walked) == len(list(net.modules()))
     assert {id(m) for m in walked} == {id(m) for m in net.modules()}
+
+
+@pytest.mark.parametrize(("k", "s", "p", "d"), [(3, 1, 1, 1), (3, 2, 1, 1), (1, 2, 0, 1), (7, 2, 3, 1), (3, 1, 2, 2)])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 4)])
+def test_output_pixels_and_the_one_pixel_case(k, s, p, d, hw):
+    """A 1 × 1 output takes the plain path (torch 2.11's oneDNN fails on the fused one there); same values."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, k, s, p, d, bias=False)
+    x = torch.randn(2, 8, *hw).contiguous(memory_format=torch.channels_last)
+    assert fold._out_pixels(conv, x) == conv(x).shape[-2:].numel()
+    net = nn.Sequential(conv, nn.BatchNorm2d(8), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[1].running_var.uniform_(0.5, 2)
+        torch.testing.assert_close(fold.folded(net)(x), net(x), rtol=1e-5, atol=1e-5)

@@ -8,8 +8,8 @@ head computes :math:`\phi` once per image; the tail runs once per chunk of ablat
 
 :func:`split_at` traces the model symbolically (``torch.fx.Tracer``, the layer and camlib's folded
 modules kept whole) and returns ``None`` where that is not possible (Python control flow on
-tensor values, the layer called twice or not at all, the output not depending on the layer):
-the caller then runs the whole model with a hook, as before.
+tensor values, the layer called twice or not at all, the output not depending on the layer, a
+value written in place and read again): the caller then runs the whole model with a hook.
 """
 
 from __future__ import annotations

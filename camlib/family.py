@@ -242,19 +242,6 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "not enough memory" in text
 
 
-def _guarded(fn: Callable[[], Tensor], desc: str, batch_size: int) -> Tensor:
-    """``fn()``, an out-of-memory error turned into a :class:`MemoryError` that says what to pass."""
-    try:
-        return fn()
-    except (RuntimeError, MemoryError) as err:
-        if not _is_oom(err) and not isinstance(err, MemoryError):
-            raise
-        raise MemoryError(
-            f"{desc} ran out of memory with batch_size={batch_size} (images per forward). "
-            f"Pass a smaller batch_size, e.g. batch_size={max(1, batch_size // 4)}."
-        ) from err
-
-
 def _classes(logits: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
     """``(image, class)`` index pairs, one per map: per image, or K classes for one image."""
     if logits.shape[0] == 1 and is_many(targets):
@@ -285,7 +272,15 @@ def _per_channel_logits(
     todo = torch.arange(total) if skip is None else (~skip[0].reshape(-1).cpu()).nonzero()[:, 0]
 
     def guarded(fn: Callable[[], Tensor]) -> Tensor:
-        return _guarded(fn, desc, batch_size)
+        try:
+            return fn()
+        except (RuntimeError, MemoryError) as err:
+            if not _is_oom(err) and not isinstance(err, MemoryError):
+                raise
+            raise MemoryError(
+                f"{desc} ran out of memory with batch_size={batch_size} (images per forward). "
+                f"Pass a smaller batch_size, e.g. batch_size={max(1, batch_size // 4)}."
+            ) from err
 
     out: Tensor | None = None
     if skip is not None and bool(skip[0].any()):
@@ -421,15 +416,14 @@ def ablationcam_weights(
     with eval_mode(net), torch.no_grad():
         images, classes = _classes(logits_of(net(x), output), targets)
         model = cpu_twin(net, x, keep=(name,), batch=min(batch_size, acts.shape[1]))
+        base: dict[int, Tensor] = {}  # per image, the logits with acts as they are
         with _swapped(net, model, name, x, output) as after:
-            rows = range(acts.shape[0])
-            base = _guarded(
-                lambda: torch.cat([after(b, _copy(acts[b : b + 1])) for b in rows]), "Ablation-CAM", batch_size
-            )
 
             def run(img: Tensor, ch: Tensor) -> Tensor:
                 rows = []
                 for b in img.unique_consecutive().tolist():
+                    if b not in base:  # at the image's first chunk, while what comes before the layer is at hand
+                        base[b] = after(b, _copy(acts[b : b + 1]))
                     sel = ch[img == b].to(acts.device)
                     ablated = _copy(acts[b].expand(len(sel), *acts.shape[1:]))
                     ablated[torch.arange(len(sel), device=sel.device), sel] = 0
@@ -437,7 +431,7 @@ def ablationcam_weights(
                 return torch.cat(rows)
 
             out = _per_channel_logits(run, x.shape[0], acts.shape[1], batch_size, progress, "Ablation-CAM")
-    y = base[images, classes]
+    y = torch.cat([base[b] for b in range(x.shape[0])])[images, classes]
     yk = _score_weights(out, images, classes)
     return (y[:, None] - yk) / y[:, None]
 

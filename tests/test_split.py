@@ -252,3 +252,17 @@ def test_a_cut_that_disagrees_with_the_hook_is_dropped(
     monkeypatch.setattr(family, "split_at", lambda *a: Off(*vars(split.split_at(*a)).values()))
     got = camlib.ablationcam(resnet, rx[:1], "layer3", [4], batch_size=100, progress=False)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().amax()))
+
+
+def test_ablationcam_of_one_image_for_several_classes(resnet: nn.Module, rx: Tensor) -> None:
+    """K classes of one image give K rows of weights, each that class's alone; the activations may come
+    with one row per class (as camlib.layer_gradients gives them) or one row."""
+    layer, classes = "layer3.1.conv2", [3, 7, 9]
+    acts, _, _ = camlib.layer_gradients(resnet, rx[:1], layer, classes)
+    assert acts.shape[0] == 3
+    got = family.ablationcam_weights(resnet, rx[:1], layer, acts, classes, 100, progress=False)
+    one = torch.cat(
+        [family.ablationcam_weights(resnet, rx[:1], layer, acts[:1], [c], 100, progress=False) for c in classes]
+    )
+    assert got.shape == (3, acts.shape[1]) and got.abs().amax() > 0
+    torch.testing.assert_close(got, one, rtol=1e-5, atol=1e-6)

@@ -42,7 +42,7 @@ from .hooks import (
     Layer,
     LayerError,
     as_module,
-    capture,
+    captured,
     cpu_twin,
     eval_mode,
     fast_layout,
@@ -335,9 +335,27 @@ def scorecam_weights(
     ``amp=True`` runs the masked forwards in reduced precision (:func:`camlib.hooks.logits_fast`;
     the class is chosen and the softmax taken in float32).
     """
+    with eval_mode(net), torch.no_grad():
+        logits = logits_fast(net, x, output=output)
+    return _scorecam_weights(net, x, acts, logits, targets, batch_size, progress, align_corners, output, amp)
+
+
+def _scorecam_weights(
+    net: nn.Module,
+    x: Tensor,
+    acts: Tensor,
+    logits: Tensor,
+    targets: Targets,
+    batch_size: int,
+    progress: bool,
+    align_corners: bool,
+    output: Output,
+    amp: bool | torch.dtype,
+) -> Tensor:
+    """:func:`scorecam_weights` with the classes chosen on ``logits`` (the model's, for ``x``)."""
     low = amp_dtype(x.device, amp)
     with eval_mode(net), torch.no_grad():
-        images, classes = _classes(logits_of(net(x), output), targets)
+        images, classes = _classes(logits, targets)
         size = (x.shape[-2], x.shape[-1])
         twin = cpu_twin(net, x, amp=low is not None, batch=min(batch_size, x.shape[0] * acts.shape[1]))
 
@@ -381,10 +399,10 @@ def scorecam(
     """
     _check_x(x)
     _check_batch_size(batch_size)
-    with capture(net, layer) as cap, torch.no_grad():
-        net(x)
+    cap, logits = captured(net, x, layer, output)
     _no_tokens(cap, "Score-CAM")
-    weights = scorecam_weights(net, x, cap.activation, targets, batch_size, progress, align_corners, output, amp)
+    acts = cap.activation
+    weights = _scorecam_weights(net, x, acts, logits, targets, batch_size, progress, align_corners, output, amp)
     acts = cap.activation.expand(weights.shape[0], *cap.activation.shape[1:])
     return weighted_map(weights.to(acts.dtype), acts)
 
@@ -412,9 +430,26 @@ def ablationcam_weights(
     once per chunk size and dropped if they differ. On the CPU through the folded twin
     (:func:`camlib.hooks.cpu_twin`). The classes are chosen on the model's own logits.
     """
+    with eval_mode(net), torch.no_grad():
+        logits = logits_fast(net, x, output=output)
+    return _ablationcam_weights(net, x, layer, acts, logits, targets, batch_size, progress, output)
+
+
+def _ablationcam_weights(
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    acts: Tensor,
+    logits: Tensor,
+    targets: Targets,
+    batch_size: int,
+    progress: bool,
+    output: Output,
+) -> Tensor:
+    """:func:`ablationcam_weights` with the classes chosen on ``logits`` (the model's, for ``x``)."""
     name, _ = resolve_layer(net, layer)
     with eval_mode(net), torch.no_grad():
-        images, classes = _classes(logits_of(net(x), output), targets)
+        images, classes = _classes(logits, targets)
         model = cpu_twin(net, x, keep=(name,), batch=min(batch_size, acts.shape[1]))
         base: dict[int, Tensor] = {}  # per image, the logits with acts as they are
         with _swapped(net, model, name, x, output) as after:
@@ -536,10 +571,9 @@ def ablationcam(
     """
     _check_x(x)
     _check_batch_size(batch_size)
-    with capture(net, layer) as cap, torch.no_grad():
-        net(x)
+    cap, logits = captured(net, x, layer, output)
     _no_tokens(cap, "Ablation-CAM")
-    weights = ablationcam_weights(net, x, layer, cap.activation, targets, batch_size, progress, output)
+    weights = _ablationcam_weights(net, x, layer, cap.activation, logits, targets, batch_size, progress, output)
     acts = cap.activation.expand(weights.shape[0], *cap.activation.shape[1:])
     return weighted_map(weights.to(acts.dtype), acts)
 
@@ -614,8 +648,7 @@ def eigencam(
             "such as camlib.gradcam(net, x, layer, targets)."
         )
     _check_x(x)
-    with capture(net, layer) as cap, torch.no_grad():
-        logits_of(net(x), output)
+    cap, _ = captured(net, x, layer, output)  # the logits: only to check that output= picks them
     acts = cap.activation
     if acts.dim() == 3 or callable(reshape):  # a transformer's tokens: the patch grid (camlib.tokens)
         acts = _token_map(net, cap, x, reshape)

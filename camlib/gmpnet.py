@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .hooks import capture, forward_fast
+from .hooks import captured
 from .smallnet import Normalize, TrainingRun, _features, seeded, weights_dir
 from .synthetic import CLASSES
 
@@ -53,8 +53,7 @@ def class_maps(net: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
 
     For a GAP net this is :func:`camlib.cam`; for ``SmallGmpNet`` it is the same formula.
     """
-    with capture(net, "features") as cap, torch.no_grad():
-        forward_fast(net, x)  # as camlib.cam runs it (channels-last on the CPU), so the two agree bit for bit
+    cap, _ = captured(net, x, "features")  # as camlib.cam runs it (the CPU's folded twin): bit for bit the same
     weights = net.fc.weight[torch.as_tensor(targets, device=x.device)]
     return torch.einsum("bk,bkhw->bhw", weights, cap.activation)
 

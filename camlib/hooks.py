@@ -33,6 +33,8 @@ __all__ = [
     "as_module",
     "fast_layout",
     "forward_fast",
+    "forward_hooked",
+    "captured",
     "logits_fast",
     "cpu_twin",
 ]
@@ -333,6 +335,48 @@ def forward_fast(
     raise AssertionError("unreachable: the last model's errors propagate")
 
 
+def forward_hooked(
+    net: nn.Module,
+    x: Tensor,
+    hooks: dict[str, Callable[..., Any]],
+    before_retry: Callable[[], None] | None = None,
+) -> Any:
+    """:func:`forward_fast` through the twin (:func:`cpu_twin`, the hooked layers kept as they are),
+    with ``hooks`` (layer name -> forward hook) on those layers of ``net`` and of the twin; the hooks are
+    removed after, even after an exception. The twin is looked up before the hooks go on: a hooked
+    model is not folded. Under CUDA autocast the twin is the one for autocast (:func:`cpu_twin`).
+    """
+    twin = cpu_twin(net, x, keep=tuple(hooks))
+    handles = []
+    try:
+        for name, hook in hooks.items():
+            handles.append(net.get_submodule(name).register_forward_hook(hook))
+            if twin is not net:
+                handles.append(twin.get_submodule(name).register_forward_hook(hook))
+        return forward_fast(net, x, before_retry=before_retry, twin=twin)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def captured(
+    net: nn.Module, x: Tensor, layer: Layer, output: Callable[[Any], Tensor] | None = None
+) -> tuple[Capture, Tensor]:
+    """``(capture, logits)`` of one forward of ``x`` without gradients, in eval mode (flags restored):
+    what :func:`capture` records around ``net(x)``, but through :func:`forward_hooked` (on the CPU the
+    folded twin, channels-last: the same values to float rounding, in 0.75–0.9× the time)."""
+    net = as_module(net)
+    name, module = resolve_layer(net, layer)
+    cap = Capture(name, module)
+
+    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+        cap.activation = out.detach().clone() if isinstance(out, Tensor) else out  # see capture
+
+    with eval_mode(net), torch.no_grad():
+        out = forward_hooked(net, x, {name: hook}, before_retry=lambda: setattr(cap, "activation", None))
+    return cap, logits_of(out, output)
+
+
 def logits_fast(
     net: nn.Module,
     x: Tensor,
@@ -423,18 +467,9 @@ def forward_with_grad_at(
 
     if reshape is not None and not callable(reshape) and not isinstance(reshape, (int, tuple, list)):
         raise TypeError(f"reshape must be (h, w), an int or a callable, got {type(reshape).__name__}.")
-    low = amp is not None or (x.is_cuda and torch.is_autocast_enabled("cuda"))
-    twin = cpu_twin(net, x, keep=(name,), amp=low)  # before our hook: a hooked net is not folded
-    handles = [module.register_forward_hook(hook)]
-    if twin is not net:
-        handles.append(twin.get_submodule(name).register_forward_hook(hook))
     autocast = torch.autocast(x.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-    try:
-        with torch.inference_mode(False), torch.no_grad(), autocast:
-            out = forward_fast(net, x, before_retry=reset, twin=twin)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.inference_mode(False), torch.no_grad(), autocast:
+        out = forward_hooked(net, x, {name: hook}, before_retry=reset)
     if "A" not in store:
         raise LayerError(f"Layer {name!r} was not called in the forward pass; pick a layer the model uses.")
     return store["A"], logits_of(out, output)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .device import amp_dtype, exact
-from .hooks import Layer, as_module, eval_mode, forward_fast, forward_with_grad_at, logits_of, resolve_layer
+from .hooks import Layer, as_module, eval_mode, forward_hooked, forward_with_grad_at, logits_of, resolve_layer
 from .targets import Targets, check_kind, class_indices, is_many, scores
 from .tokens import Reshape
 from .viz import normalize, upsample
@@ -147,11 +147,13 @@ def pooled_features(
     in-place op changes it afterwards (DenseNet's ``F.relu(features, inplace=True)``), after the
     forward. Checked: ``fc`` runs once, its output is the logits and its input is
     :math:`\\frac{1}{hw}\\sum_{ij} F_{ij}` with ``h * w > 1``, so :math:`\\mathrm{mean}(M_c) + b_c = y_c`.
+    One forward, through :func:`camlib.hooks.forward_hooked` (on the CPU the batch-norm-folded twin,
+    channels-last: 0.75–0.9× the time of the model itself, the same values to float rounding).
 
     Raises:
         CamError: ``layer`` and ``fc`` are not this net's GAP + linear head for this input.
     """
-    name, module = resolve_layer(net, layer)
+    name, _ = resolve_layer(net, layer)
     outs: list[tuple[Tensor, Tensor]] = []
     fcs: list[tuple[Tensor, Tensor]] = []
 
@@ -162,13 +164,12 @@ def pooled_features(
     def at_fc(_m: nn.Module, inp: Any, out: Any) -> None:
         fcs.append((inp[0].detach().clone(), out.detach()))
 
-    handles = [module.register_forward_hook(at_layer), fc.register_forward_hook(at_fc)]
-    try:
-        with eval_mode(net), torch.no_grad():
-            logits = logits_of(forward_fast(net, x, before_retry=lambda: (outs.clear(), fcs.clear())), output)
-    finally:
-        for h in handles:
-            h.remove()
+    hooks = {name: at_layer}
+    fc_name = next((n for n, m in net.named_modules() if m is fc), None)  # None: not in net, never called
+    if fc_name is not None:
+        hooks[fc_name] = at_fc
+    with eval_mode(net), torch.no_grad():
+        logits = logits_of(forward_hooked(net, x, hooks, before_retry=lambda: (outs.clear(), fcs.clear())), output)
     return _check_head(name, outs, fcs, logits, tuple(x.shape[-2:])), logits
 
 

@@ -257,6 +257,56 @@ def test_scorecam_runs_the_black_image_once_for_all_dead_channels():
     assert _rel(weights, ref) < 1e-5
 
 
+class _Counted(nn.Module):
+    """:func:`_tiny` as ``body``, recording the rows of every whole-model forward (its twin's too: a deep copy)."""
+
+    rows: list[int] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _tiny()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).rows.append(x.shape[0])
+        return self.body(x)
+
+
+def _counted() -> _Counted:
+    _Counted.rows = []
+    return _Counted()
+
+
+_FORWARD_ONLY = {  # one forward of x for the activations and the classes, then the method's own forwards
+    "cam": lambda net, x: camlib.cam(net, x, [0, 3]),
+    "scorecam": lambda net, x: camlib.scorecam(net, x, "body.5", [0, 3], batch_size=64, progress=False),
+    "ablationcam": lambda net, x: camlib.ablationcam(net, x, "body.5", [0, 3], batch_size=64, progress=False),
+    "eigencam": lambda net, x: camlib.eigencam(net, x, "body.5"),
+}
+
+
+@pytest.mark.parametrize("method", list(_FORWARD_ONLY))
+def test_the_first_forward_of_cam_and_the_forward_only_methods_runs_through_the_twin(method, unfolded, monkeypatch):
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    bn_calls: list[int] = []
+    bn_forward = nn.BatchNorm2d.forward
+    monkeypatch.setattr(nn.BatchNorm2d, "forward", lambda self, inp: bn_calls.append(1) or bn_forward(self, inp))
+    net = _counted()
+    if method == "cam":
+        camlib.methods.find_gap_head(net, x)  # once per model, with a hook on every module: the model itself
+        bn_calls.clear()
+        _Counted.rows = []
+    fast = _FORWARD_ONLY[method](net, x)
+    assert bn_calls == [] and _Counted.rows[0] == 2  # the model's own batch norms never ran
+    if method == "scorecam":  # the classes come from that first forward: no second forward of x
+        with camlib.capture(net, "body.5") as cap, torch.no_grad():
+            net.body(x)
+        dead = int((cap.activation.flatten(2).amax(2) == 0).sum())
+        assert _Counted.rows == [2, 1, 16 - dead]  # then one black image, the live (image, channel) pairs
+    unfolded()
+    ref = _FORWARD_ONLY[method](_counted(), x)
+    assert len(bn_calls) >= 2 and _rel(fast, ref) < 1e-4
+
+
 def test_activations_and_residual_sums_run_inside_the_convolutions(resnet18, real_model):
     twin = fold.folded(resnet18)
     assert all(

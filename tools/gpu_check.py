@@ -40,6 +40,8 @@ CASES = [
     ("gradcam", "blocks.5", 1e-4),
     ("gradcam", "blocks.4", 1e-4),
     ("gradcam_pp", "blocks.4", 1e-2),  # near-zero denominators at intermediate layers amplify round-off
+    ("eigencam", "bn2", 1e-4),
+    ("ablationcam", "bn2", 1e-3),  # (y - y_k) / y divides small logit differences; not yet run on a GPU
     ("guided_backprop", None, 1e-3),
     ("guided_gradcam", "bn2", 1e-2),
     ("softmax", None, 1e-5),
@@ -59,6 +61,10 @@ def run_method(name: str, model, x: torch.Tensor, layer: str | None) -> torch.Te
         return camlib.gradcam(net, x, layer, counterfactual=True)
     if name == "gradcam_pp":
         return camlib.gradcam_pp(net, x, layer)
+    if name == "eigencam":
+        return camlib.eigencam(net, x, layer)
+    if name == "ablationcam":
+        return camlib.ablationcam(net, x, layer, progress=False)
     if name == "guided_backprop":
         return camlib.guided_backprop(net, x)
     if name == "guided_gradcam":

@@ -401,10 +401,9 @@ def scorecam(
     _check_batch_size(batch_size)
     cap, logits = captured(net, x, layer, output)
     _no_tokens(cap, "Score-CAM")
-    acts = cap.activation
-    weights = _scorecam_weights(net, x, acts, logits, targets, batch_size, progress, align_corners, output, amp)
-    acts = cap.activation.expand(weights.shape[0], *cap.activation.shape[1:])
-    return weighted_map(weights.to(acts.dtype), acts)
+    a = cap.activation
+    weights = _scorecam_weights(net, x, a, logits, targets, batch_size, progress, align_corners, output, amp)
+    return weighted_map(weights.to(a.dtype), a.expand(weights.shape[0], *a.shape[1:]))
 
 
 @exact

@@ -4,7 +4,8 @@ The unit tests pin the convention (tools/student_edition.py, docs/instructors/ex
 small hand-made notebooks. The execution test builds the student edition of every notebook in
 ``notebooks/`` at test time and runs each top to bottom with its stubs unsolved: no cell may raise,
 and every stub's check must report "not done yet" (so a check that crashes on ``None``, or a
-solution left behind that fills a stub, fails here).
+solution left behind that fills a stub, fails here). And the other way round: every solution written
+in a markdown ``<details>`` block, run right after its stub in the course notebook, passes its check.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import student_edition as se  # noqa: E402
 from camlib.exercises import check, unsolved  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
-STUB = re.compile(r"=\s*(None|\.\.\.)(\s*,\s*(None|\.\.\.))*\s*#\s*your code here", re.IGNORECASE)
+STUB = se.STUB
 # Per cell. The slowest whole notebook took 286 s on a busy 2-core machine (docs/instructors/plans.md).
 # A cell that passes this is taken for the intermittent nbclient/ipykernel stall with widget output
 # (kernel and client both idle, waiting on each other; upstream jupyter/nbclient#312, seen once here):
@@ -192,6 +193,48 @@ def test_student_notebook_runs_top_to_bottom_with_stubs_unsolved(name: str, stud
     not_done = len(re.findall(r"not done yet", printed, re.IGNORECASE))
     assert not_done >= stubs, f"{stubs} stubs but {not_done} 'not done yet' lines:\n{printed[-2000:]}"
     assert not re.search(r"Exercise \d+:? correct", printed), "an unsolved stub was reported correct"
+
+
+def test_a_written_solution_runs_right_after_its_stub() -> None:
+    nb = notebook(
+        md("**1.** Set x."),
+        code("x = None  # your code here"),
+        code('print("Exercise 1:", "not done yet" if x is None else "correct")'),
+        md(
+            "<details><summary>Solution</summary>\n\n```python\nx = 1\n```\nand\n```python\nx += 1\n```\n</details>\n"
+            "<details><summary>Hint</summary>\n\n```python\nx = 'a hint is not run'\n```\n</details>\n"
+        ),
+    )
+    before = json.dumps(nb)
+    solved, n = se.solved_notebook(nb)
+    assert json.dumps(nb) == before, "the input notebook must not change"
+    assert n == 1
+    assert [se._source(c) for c in solved["cells"]][1:3] == ["x = None  # your code here", "x = 1\n\nx += 1\n"]
+    assert all(c["outputs"] == [] for c in solved["cells"] if c["cell_type"] == "code")
+    with pytest.raises(se.ConventionError, match="no stub"):
+        se.solved_notebook(notebook(md("<details><summary>Solution</summary>\n```python\nx = 1\n```\n</details>")))
+
+
+WITH_WRITTEN_SOLUTIONS = [p.name for p in NOTEBOOKS if se.solved_notebook(json.loads(p.read_text()))[1]]
+
+
+@pytest.mark.parametrize("name", WITH_WRITTEN_SOLUTIONS)
+def test_every_written_solution_passes_its_check(name: str) -> None:
+    """Each markdown solution, run in place of its stub in the course notebook: its check says "correct".
+
+    nbval runs the course notebooks with the stubs unsolved, and solution code cells are run there, but a
+    solution written in a ``<details>`` block ran nowhere: three had drifted (a NameError in one, a check
+    that crashed on a right answer, a tolerance that a change of camlib's arithmetic broke)."""
+    import nbformat
+
+    solved, n = se.solved_notebook(json.loads((ROOT / "notebooks" / name).read_text()), name)
+    nb = _execute(nbformat.reads(json.dumps(solved), as_version=4), ROOT / "notebooks")
+    printed = "\n".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"
+    )
+    lines = [ln for ln in printed.splitlines() if re.search(r"\bcorrect\b|not right yet|raised \w+Error", ln)]
+    assert not [ln for ln in lines if re.search(r"not right yet|raised \w+Error", ln)], "\n".join(lines)
+    assert len(lines) >= n, f"{n} solutions but {len(lines)} 'correct' lines:\n{printed[-2000:]}"
 
 
 def test_a_stalled_run_is_retried_once_in_a_fresh_kernel(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,6 +28,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,21 +61,15 @@ def _lines(text: str) -> list[str]:
     return text.splitlines(keepends=True)
 
 
-def strip_details(text: str, where: str = "") -> tuple[str, int]:
-    """``text`` without its ``<details>`` blocks whose summary says "Solution"; returns ``(text, count)``.
-
-    Blocks may nest (a hint inside a solution); a solution block is cut with everything inside.
+def _blocks(text: str, where: str = "") -> Iterator[tuple[int, int, bool]]:
+    """``(start, end, is_solution)`` of each outermost ``<details>`` block of ``text``, in order.
 
     Raises:
         ConventionError: a ``<details>`` without its ``</details>``.
     """
-    out, pos, removed = [], 0, 0
-    while True:
-        m = DETAILS_OPEN.search(text, pos)
-        if m is None:
-            out.append(text[pos:])
-            break
-        depth, scan, end = 1, m.end(), None
+    pos = 0
+    while (m := DETAILS_OPEN.search(text, pos)) is not None:
+        depth, scan, end = 1, m.end(), m.end()
         while depth:
             o, c = DETAILS_OPEN.search(text, scan), DETAILS_CLOSE.search(text, scan)
             if c is None:
@@ -84,14 +79,26 @@ def strip_details(text: str, where: str = "") -> tuple[str, int]:
             else:
                 depth, scan, end = depth - 1, c.end(), c.end()
         summary = SUMMARY.match(text, m.end())
-        if summary and "solution" in summary.group(1).lower():
-            out.append(text[pos : m.start()])
+        yield m.start(), end, bool(summary and "solution" in summary.group(1).lower())
+        pos = end
+
+
+def strip_details(text: str, where: str = "") -> tuple[str, int]:
+    """``text`` without its ``<details>`` blocks whose summary says "Solution"; returns ``(text, count)``.
+
+    Blocks may nest (a hint inside a solution); a solution block is cut with everything inside.
+
+    Raises:
+        ConventionError: a ``<details>`` without its ``</details>``.
+    """
+    out, pos, removed = [], 0, 0
+    for start, end, solution in _blocks(text, where):
+        if solution:
+            out.append(text[pos:start])
             removed += 1
             # Swallow the line break after the block, so no blank line piles up where it was.
             pos = end + (1 if text[end : end + 1] == "\n" else 0)
-        else:
-            out.append(text[pos:end])
-            pos = end
+    out.append(text[pos:])
     return "".join(out), removed
 
 
@@ -131,6 +138,47 @@ def student_notebook(nb: dict, where: str = "") -> Stripped:
     if leftovers:
         raise ConventionError(f"{where}: solution blocks survived in cells {leftovers}")
     return result
+
+
+STUB = re.compile(r"=\s*(None|\.\.\.)(\s*,\s*(None|\.\.\.))*\s*#\s*your code here", re.IGNORECASE)
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+def solution_code(text: str, where: str = "") -> list[str]:
+    """The Python code of each ``<details>`` solution block in ``text``: its fenced ``python`` blocks, joined."""
+    codes = ["\n".join(PYTHON_BLOCK.findall(text[a:b])) for a, b, solution in _blocks(text, where) if solution]
+    return [code for code in codes if code.strip()]
+
+
+def solved_notebook(nb: dict, where: str = "") -> tuple[dict, int]:
+    """The course notebook with each markdown solution's code run as a cell right after its stub (the
+    last stub cell before the solution block), outputs cleared: run top to bottom, every check should
+    then say "correct". Returns ``(notebook, number of solutions inserted)``; ``nb`` is not changed.
+
+    Raises:
+        ConventionError: a solution block with no stub cell before it (since the last solution).
+    """
+    nb = json.loads(json.dumps(nb))
+    cells: list[dict] = []
+    stub, inserted = None, 0
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+        cells.append(cell)
+        if cell["cell_type"] == "code" and STUB.search(_source(cell)):
+            stub = len(cells) - 1
+        if cell["cell_type"] != "markdown":
+            continue
+        for code in solution_code(_source(cell), f"{where} cell {i}"):
+            if stub is None:
+                raise ConventionError(f"{where} cell {i}: a solution with no stub cell before it")
+            inserted += 1
+            solution = {"cell_type": "code", "id": f"solution-{inserted}", "metadata": {}, "source": _lines(code)}
+            cells.insert(stub + 1, {**solution, "outputs": [], "execution_count": None})
+            stub = None
+    nb["cells"] = cells
+    nb.get("metadata", {}).pop("widgets", None)
+    return nb, inserted
 
 
 def build(notebooks: list[Path], out: Path) -> list[tuple[Path, Stripped]]:

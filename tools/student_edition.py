@@ -39,6 +39,8 @@ DETAILS_OPEN = re.compile(r"<details\b[^>]*>", re.IGNORECASE)
 DETAILS_CLOSE = re.compile(r"</details\s*>", re.IGNORECASE)
 SUMMARY = re.compile(r"\s*<summary\b[^>]*>(.*?)</summary\s*>", re.IGNORECASE | re.DOTALL)
 SOLUTION_SUMMARY = re.compile(r"<summary\b[^>]*>[^<]*solution", re.IGNORECASE)
+STUB = re.compile(r"=\s*(None|\.\.\.)(\s*,\s*(None|\.\.\.))*\s*#\s*your code here", re.IGNORECASE)
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
 class ConventionError(ValueError):
@@ -138,10 +140,6 @@ def student_notebook(nb: dict, where: str = "") -> Stripped:
     if leftovers:
         raise ConventionError(f"{where}: solution blocks survived in cells {leftovers}")
     return result
-
-
-STUB = re.compile(r"=\s*(None|\.\.\.)(\s*,\s*(None|\.\.\.))*\s*#\s*your code here", re.IGNORECASE)
-PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
 def solution_code(text: str, where: str = "") -> list[str]:

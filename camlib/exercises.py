@@ -56,12 +56,12 @@ def check(name: str, answer: Any, test: Callable[[Any], Any], hint: str = "") ->
     try:
         result = test(answer)
     except AssertionError as err:
-        first = str(err).strip().split("\n")[0]  # the message, without pytest's rewritten comparison
+        first = str(err).strip().split("\n")[0].rstrip(".")  # the message, without pytest's rewritten comparison
         why = f": {first}." if first else "."
         print(f"{name}: not right yet{why}{tail}")
         return False
     except Exception as err:  # a wrong type, shape or device in the answer: explain, don't crash
-        print(f"{name}: your answer raised {type(err).__name__}: {err}.{tail}")
+        print(f"{name}: your answer raised {type(err).__name__}: {str(err).rstrip('.')}.{tail}")
         return False
     if result is False:
         print(f"{name}: not right yet.{tail}")

@@ -6,13 +6,13 @@ small hand-made notebooks. The execution test builds the student edition of ever
 and every stub's check must report "not done yet" (so a check that crashes on ``None``, or a
 solution left behind that fills a stub, fails here). And the other way round: every solution written
 in a markdown ``<details>`` block, run right after its stub in the course notebook, passes its check.
+In the same run as the unsolved one, each check runs again with a wrong answer and must say "not right yet".
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -32,10 +32,6 @@ STUB = se.STUB
 # (kernel and client both idle, waiting on each other; upstream jupyter/nbclient#312, seen once here):
 # the notebook is run once more in a fresh kernel, and a second timeout fails the test.
 EXECUTE_TIMEOUT_S = 600
-# CAMLIB_STUDENT_EXECUTE=changed: execute only the student notebooks whose code differs from the course's
-# notebook (a solution cell was removed); the others run exactly the course notebook's code cells, which
-# nbval executes anyway. Default (unset or "all"): every student notebook is executed.
-ONLY_CHANGED = os.environ.get("CAMLIB_STUDENT_EXECUTE", "all") == "changed"
 
 
 def md(text: str, **meta) -> dict:
@@ -116,6 +112,11 @@ def test_check_is_polite(capsys: pytest.CaptureFixture[str]) -> None:
     assert check("Ex 1", 3, lambda v: len(v) == 2) is False  # TypeError inside the test: reported, not raised
     assert check("Ex 1", [1, 2], exact) is True
     assert check("Ex 1", 0, lambda v: v == 0) is True  # 0 is an answer, not a placeholder
+
+    def ends_a_sentence(v: object) -> None:
+        raise ValueError("a message that ends in a full stop.")
+
+    assert check("Ex 2", 1, ends_a_sentence) is False  # one full stop, not two
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "Ex 1: not done yet. Hint: a list",
@@ -124,6 +125,7 @@ def test_check_is_polite(capsys: pytest.CaptureFixture[str]) -> None:
         "Ex 1: your answer raised TypeError: object of type 'int' has no len().",
         "Ex 1: correct (well done)",
         "Ex 1: correct",
+        "Ex 2: your answer raised ValueError: a message that ends in a full stop.",
     ]
     assert unsolved(...) and not unsolved((None, 1)) and not unsolved(())
 
@@ -174,25 +176,95 @@ def _execute(nb, cwd: Path):
         return _run_once(nb, cwd)
 
 
+# A wrong answer for every exercise: NaN equals nothing, is no tensor, function or image.
+WRONG = 'float("nan")'
+STUB_LINE = re.compile(r"^(?P<lhs>[^=#]*=)(?P<rhs>[^#]*)(?P<mark>#\s*your code here.*)$", re.IGNORECASE | re.MULTILINE)
+
+
+def with_wrong_answers(source: str) -> tuple[str, int]:
+    """``source`` with each stub's placeholders (``None``, ``...``) set to :data:`WRONG`, and the number of stubs."""
+
+    def wrong(m: re.Match) -> str:
+        rhs = re.sub(r"\bNone\b|\.\.\.", WRONG, m["rhs"])
+        return m["lhs"] + rhs + m["mark"]
+
+    return STUB_LINE.subn(wrong, source)
+
+
+def answered_wrongly_too(cells: list[dict]) -> tuple[list[dict], int]:
+    """``cells`` with each exercise run once more right after its check, and the number of stubs.
+
+    After the check come three cells: the stub answered with :data:`WRONG`, the check again, and the stub as it
+    was, so that the cells after it see the unsolved notebook. One kernel run covers both the unsolved and the
+    wrong answers. A stub followed by no cell that calls ``check(`` gets no wrong run (the count then falls short).
+    """
+    out: list[dict] = []
+    stubs = 0
+    stub: dict | None = None
+    for cell in cells:
+        out.append(cell)
+        if cell["cell_type"] != "code":
+            continue
+        source = se._source(cell)
+        wrong, k = with_wrong_answers(source)
+        if k:
+            stub, stubs = cell, stubs + k
+            wrong_stub = {**cell, "source": wrong, "outputs": []}
+        elif stub is not None and "check(" in source:
+            out += [wrong_stub, {**cell, "outputs": []}, {**stub, "outputs": []}]
+            stub = None
+    return out, stubs
+
+
+def test_each_check_runs_again_with_a_wrong_answer_and_the_stub_is_restored() -> None:
+    cells = [
+        code("x = None  # your code here"),
+        md("text"),
+        code('check("Ex 1", x, lambda v: v == 1)'),
+        code("y = x"),
+        code("z = None  # your code here"),
+        code("print(z)"),  # a check in the old form: no wrong run
+    ]
+    out, stubs = answered_wrongly_too(cells)
+    assert stubs == 2
+    assert [se._source(c) for c in out] == [
+        "x = None  # your code here",
+        "text",
+        'check("Ex 1", x, lambda v: v == 1)',
+        f"x = {WRONG}  # your code here",
+        'check("Ex 1", x, lambda v: v == 1)',
+        "x = None  # your code here",
+        "y = x",
+        "z = None  # your code here",
+        "print(z)",
+    ]
+
+
 @pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
-def test_student_notebook_runs_top_to_bottom_with_stubs_unsolved(name: str, student_dir: Path) -> None:
+def test_student_notebook_runs_with_stubs_unsolved_and_answered_wrongly(name: str, student_dir: Path) -> None:
+    """The student edition runs top to bottom: each unsolved stub's check says "not done yet", and the same check
+    run right after it with a wrong answer (NaN) says "not right yet" or "your answer raised": a learner with a
+    wrong answer gets a hint from ``camlib.exercises.check``, never a traceback."""
     import nbformat
 
-    path = student_dir / name
-    nb = nbformat.read(path, as_version=4)
-    if ONLY_CHANGED:
-        course = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-        codes = [[c.source for c in n.cells if c.cell_type == "code"] for n in (nb, course)]
-        if codes[0] == codes[1]:
-            pytest.skip("CAMLIB_STUDENT_EXECUTE=changed: same code cells as the course notebook, which nbval runs")
-    nb = _execute(nb, student_dir)  # raises CellExecutionError, naming the cell, if any cell raises
-    stubs = sum(len(STUB.findall(c.source)) for c in nb.cells if c.cell_type == "code")
+    student = json.loads((student_dir / name).read_text())
+    student["cells"], stubs = answered_wrongly_too(student["cells"])
+    nb = _execute(nbformat.reads(json.dumps(student), as_version=4), student_dir)  # raises if any cell raises
     printed = "\n".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"
     )
     not_done = len(re.findall(r"not done yet", printed, re.IGNORECASE))
+    wrong = len(re.findall(r"not right yet|your answer raised", printed))
     assert not_done >= stubs, f"{stubs} stubs but {not_done} 'not done yet' lines:\n{printed[-2000:]}"
-    assert not re.search(r"Exercise \d+:? correct", printed), "an unsolved stub was reported correct"
+    assert wrong >= stubs, f"{stubs} wrong answers but {wrong} 'not right yet' lines:\n{printed[-2000:]}"
+    assert not re.search(r"Exercise \d+:? correct", printed), "an unsolved or wrong answer was reported correct"
+
+
+def test_wrong_answers_replace_only_the_placeholders() -> None:
+    src = "a = 1\nmy_x, size = None, 448  # your code here\nf = ...  # Your code here\n"
+    out, n = with_wrong_answers(src)
+    assert n == 2
+    assert out == f"a = 1\nmy_x, size = {WRONG}, 448  # your code here\nf = {WRONG}  # Your code here\n"
 
 
 def test_a_written_solution_runs_right_after_its_stub() -> None:

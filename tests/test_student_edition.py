@@ -191,6 +191,14 @@ def with_wrong_answers(source: str) -> tuple[str, int]:
     return STUB_LINE.subn(wrong, source)
 
 
+def _copy(cell: dict, tag: str, **changes: str) -> dict:
+    """A fresh copy of a code cell, outputs cleared, with an id of its own (nbformat refuses duplicate ids)."""
+    copy = {**cell, "outputs": [], **changes}
+    if "id" in cell:
+        copy["id"] = f"{cell['id']}-{tag}"
+    return copy
+
+
 def answered_wrongly_too(cells: list[dict]) -> tuple[list[dict], int]:
     """``cells`` with each exercise run once more right after its check, and the number of stubs.
 
@@ -209,9 +217,9 @@ def answered_wrongly_too(cells: list[dict]) -> tuple[list[dict], int]:
         wrong, k = with_wrong_answers(source)
         if k:
             stub, stubs = cell, stubs + k
-            wrong_stub = {**cell, "source": wrong, "outputs": []}
+            wrong_stub = _copy(cell, "wrong", source=wrong)
         elif stub is not None and "check(" in source:
-            out += [wrong_stub, {**cell, "outputs": []}, {**stub, "outputs": []}]
+            out += [wrong_stub, _copy(cell, "again"), _copy(stub, "restored")]
             stub = None
     return out, stubs
 
@@ -225,8 +233,11 @@ def test_each_check_runs_again_with_a_wrong_answer_and_the_stub_is_restored() ->
         code("z = None  # your code here"),
         code("print(z)"),  # a check in the old form: no wrong run
     ]
+    for k, cell in enumerate(cells):
+        cell["id"] = f"c{k}"
     out, stubs = answered_wrongly_too(cells)
     assert stubs == 2
+    assert len({c["id"] for c in out}) == len(out), "every cell keeps an id of its own"
     assert [se._source(c) for c in out] == [
         "x = None  # your code here",
         "text",

@@ -26,7 +26,6 @@ import student_edition as se  # noqa: E402
 from camlib.exercises import check, unsolved  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
-STUB = se.STUB
 # Per cell. The slowest whole notebook took 286 s on a busy 2-core machine (docs/instructors/plans.md).
 # A cell that passes this is taken for the intermittent nbclient/ipykernel stall with widget output
 # (kernel and client both idle, waiting on each other; upstream jupyter/nbclient#312, seen once here):
@@ -178,7 +177,6 @@ def _execute(nb, cwd: Path):
 
 # A wrong answer for every exercise: NaN equals nothing, is no tensor, function or image.
 WRONG = 'float("nan")'
-STUB_LINE = re.compile(r"^(?P<lhs>[^=#]*=)(?P<rhs>[^#]*)(?P<mark>#\s*your code here.*)$", re.IGNORECASE | re.MULTILINE)
 
 
 def with_wrong_answers(source: str) -> tuple[str, int]:
@@ -188,7 +186,7 @@ def with_wrong_answers(source: str) -> tuple[str, int]:
         rhs = re.sub(r"\bNone\b|\.\.\.", WRONG, m["rhs"])
         return m["lhs"] + rhs + m["mark"]
 
-    return STUB_LINE.subn(wrong, source)
+    return se.STUB.subn(wrong, source)
 
 
 def _copy(cell: dict, tag: str, **changes: str) -> dict:
@@ -214,12 +212,12 @@ def answered_wrongly_too(cells: list[dict]) -> tuple[list[dict], int]:
         if cell["cell_type"] != "code":
             continue
         source = se._source(cell)
-        wrong, k = with_wrong_answers(source)
+        k = len(se.STUB.findall(source))
         if k:
             stub, stubs = cell, stubs + k
-            wrong_stub = _copy(cell, "wrong", source=wrong)
         elif stub is not None and "check(" in source:
-            out += [wrong_stub, _copy(cell, "again"), _copy(stub, "restored")]
+            wrong = with_wrong_answers(se._source(stub))[0]
+            out += [_copy(stub, "wrong", source=wrong), _copy(cell, "again"), _copy(stub, "restored")]
             stub = None
     return out, stubs
 
@@ -272,10 +270,12 @@ def test_student_notebook_runs_with_stubs_unsolved_and_answered_wrongly(name: st
 
 
 def test_wrong_answers_replace_only_the_placeholders() -> None:
-    src = "a = 1\nmy_x, size = None, 448  # your code here\nf = ...  # Your code here\n"
+    src = "a = 1\nmy_x, size = None, 448  # your code here\nf = ...  # Your code here\nb = 2  # your code here\n"
     out, n = with_wrong_answers(src)
-    assert n == 2
-    assert out == f"a = 1\nmy_x, size = {WRONG}, 448  # your code here\nf = {WRONG}  # Your code here\n"
+    assert n == 2, "a marked line with no placeholder is no stub"
+    assert out == (
+        f"a = 1\nmy_x, size = {WRONG}, 448  # your code here\nf = {WRONG}  # Your code here\nb = 2  # your code here\n"
+    )
 
 
 def test_a_written_solution_runs_right_after_its_stub() -> None:

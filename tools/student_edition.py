@@ -39,7 +39,12 @@ DETAILS_OPEN = re.compile(r"<details\b[^>]*>", re.IGNORECASE)
 DETAILS_CLOSE = re.compile(r"</details\s*>", re.IGNORECASE)
 SUMMARY = re.compile(r"\s*<summary\b[^>]*>(.*?)</summary\s*>", re.IGNORECASE | re.DOTALL)
 SOLUTION_SUMMARY = re.compile(r"<summary\b[^>]*>[^<]*solution", re.IGNORECASE)
-STUB = re.compile(r"=\s*(None|\.\.\.)(\s*,\s*(None|\.\.\.))*\s*#\s*your code here", re.IGNORECASE)
+# A stub line: an assignment marked "# your code here" whose right side holds a placeholder, None or ...
+# ("my_tiger = None  # your code here"; "my_image, my_size = None, 448  # your code here: ..." keeps a default).
+STUB = re.compile(
+    r"^(?P<lhs>[^=#\n]*=)(?P<rhs>[^#\n]*(?:\bNone\b|\.\.\.)[^#\n]*)(?P<mark>#\s*your code here.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 

@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 # JupyterLab refuses to run as root (containers, cloud shells) unless told.
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: course test setup setup-test lint unit notebooks notebooks-other-isa browser-deps bench execute gpu-check retarget clean \
+.PHONY: course test setup setup-test lint unit notebooks notebooks-other-isa colab-stack browser-deps bench execute gpu-check retarget clean \
 	site app student wheelhouse install-offline time-notebooks
 
 $(BIN)/python:
@@ -64,10 +64,31 @@ notebooks-other-isa: $(VENV)/.test
 	@echo ">> nbval under an emulated instruction set: $$($(BIN)/python tools/other_isa.py)"
 	env $$($(BIN)/python tools/other_isa.py) $(BIN)/pytest -q $(NBVAL) notebooks/
 
+# Colab's stack: its torch, torchvision and ipywidgets (7.7: other widget code than 8's), from PyPI, put
+# ahead of the venv's on PYTHONPATH (nothing in .venv changes); every notebook under nbval and the unit
+# tests, but those of the browser, the site, the app, the installs and the student edition (JupyterLab,
+# mkdocs, Voila and pip are not Colab's; nbval runs the notebooks here). Colab's Python is 3.12, this the venv's.
+COLAB_PINS ?= torch==2.11.0 torchvision==0.26.0 ipywidgets==7.7.1 ipython-genutils==0.2.0
+COLAB := .colab
+$(COLAB)/.done: Makefile | $(BIN)/python
+	@echo ">> Colab's packages into $(COLAB)/site (PyPI's torch wheel, about 0.5 GB; no CUDA libraries: --no-deps)"
+	rm -rf $(COLAB) && mkdir -p $(COLAB)/wheels
+	$(BIN)/pip download -q --no-deps -d $(COLAB)/wheels $(COLAB_PINS)
+	$(BIN)/pip install -q --no-deps --no-compile --target $(COLAB)/site $(COLAB)/wheels/*.whl
+	rm -rf $(COLAB)/wheels
+	touch $@
+
+colab-stack: $(VENV)/.test $(COLAB)/.done
+	PYTHONPATH=$(CURDIR)/$(COLAB)/site $(BIN)/python tools/colab_stack.py $(COLAB_PINS)
+	PYTHONPATH=$(CURDIR)/$(COLAB)/site $(BIN)/pytest -q -p no:cacheprovider tests $(NBVAL) notebooks/ \
+	  --ignore=tests/test_browser.py --ignore=tests/test_site.py --ignore=tests/test_app.py \
+	  --ignore=tests/test_install.py --ignore=tests/test_wheelhouse.py --ignore=tests/test_student_edition.py
+
 # --durations: the slowest tests in the log (an intermittent ~10-minute idle wait has been seen in CI, source unknown)
 test: setup-test lint
 	$(BIN)/pytest -q --durations=15 tests $(NBVAL) notebooks/
 	$(MAKE) --no-print-directory notebooks-other-isa
+	$(MAKE) --no-print-directory colab-stack
 
 # Re-execute every notebook in place (after changing camlib), with execution counts.
 execute: $(VENV)/.test
@@ -139,4 +160,4 @@ time-notebooks: $(VENV)/.test
 	$(BIN)/python tools/time_notebooks.py
 
 clean:
-	rm -rf $(VENV) test-output site build/student
+	rm -rf $(VENV) $(COLAB) test-output site build/student

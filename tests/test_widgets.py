@@ -201,11 +201,20 @@ def test_threads_1_gradcam_and_cam_are_close_to_the_camlib_call(real_model: caml
     ex.close()
 
 
-def test_display_delegates_to_the_widget(explorer: Explorer) -> None:
+def test_display_delegates_to_the_widget(explorer: Explorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IPython shows an object through ``_ipython_display_`` first: the Explorer hands over its widget
+    (ipywidgets 7.7, Colab's, displays that way). ipywidgets 8 widgets also have a widget-view bundle."""
+    import IPython.display
+
+    shown: list[object] = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    explorer._ipython_display_()
+    assert shown == [explorer.widget]
     bundle = explorer._repr_mimebundle_()
-    view = bundle["application/vnd.jupyter.widget-view+json"]
-    assert view["model_id"] == explorer.widget.model_id
-    assert callable(explorer._ipython_display_)
+    if hasattr(explorer.widget, "_repr_mimebundle_"):  # ipywidgets >= 8
+        assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
+    else:  # ipywidgets 7: none (its widgets display themselves through _ipython_display_)
+        assert bundle is None
     assert "Explorer(" in repr(explorer)
 
 

@@ -55,3 +55,28 @@ def test_the_script_prints_a_table_that_says_it_is_an_estimate() -> None:
     assert done.stdout.startswith("ESTIMATES, not timed learners")
     for nb in NOTEBOOKS:
         assert f"| {nb.stem} |" in done.stdout
+
+
+def _estimates() -> dict[str, reading_time.Estimate]:
+    return {nb.name[:2]: reading_time.estimate(nb, reading_time.RUN_TIMES_S) for nb in NOTEBOOKS}
+
+
+def test_the_instructors_tables_quote_the_tool() -> None:
+    """docs/instructors/index.md and plans.md give each notebook's run time and estimates as the tool
+    computes them (after a change to a notebook or a new timing, paste the tool's numbers there)."""
+    import re
+
+    est = _estimates()
+    docs = ROOT / "docs" / "instructors"
+    row = r"^\| (\d\d) \|.*\| (\d+) s \| (\d+)(?: / (\d+))? min \|$"
+    index = re.findall(row, (docs / "index.md").read_text(), re.M)
+    plans = (docs / "plans.md").read_text()
+    table = re.findall(r"^\| (\d\d) [^|]+\| (\d+) s \| (\d+) min \| (\d+) min \|$", plans, re.M)
+    assert sorted(n for n, *_ in index) == sorted(est), "index.md: one row per notebook"
+    assert sorted(n for n, *_ in table) == sorted(est), "plans.md: one row per notebook"
+    for n, run, core, total in index + table:
+        e = est[n]
+        want = (f"{e.run_s:.0f}", f"{e.core_min:.0f}", f"{e.total_min:.0f}")
+        assert (run, core, total or core) == want, f"notebook {n}: docs say {run} s, {core}/{total} min; tool {want}"
+    for n, core in re.findall(r"\b(\d\d) \((\d+) min\)", plans):  # the plans' slots: core estimates
+        assert core == f"{est[n].core_min:.0f}", f"plans.md: {n} ({core} min), the tool says {est[n].core_min:.0f}"

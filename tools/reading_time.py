@@ -41,12 +41,10 @@ QUESTION_MIN = 1
 UNKNOWN_RUN_S = 60
 
 # "Run All" seconds, measured with tools/time_notebooks.py on the 2-core build machine (README, "Run times
-# on a CPU"): quiet machine, except 06, 07 and 08 (measured while other jobs loaded it; the README gives 87-88 s
-# for 06 and 07 together, so both get 88); 00: 22.1 s, measured
-# the same way on 2026-11-26 (load average 1.9-2.5); 13: 22.1 s, the same way (load average 2.0-2.2).
+# on a CPU"): 2026-11-27, the fourteen notebooks one after another, load average 0.8-1.5.
 RUN_TIMES_S = {
-    "00": 22, "01": 19, "02": 20, "03": 19, "04": 22, "05": 20, "06": 88, "07": 88, "08": 65,
-    "09": 40, "10": 24, "11": 29, "12": 20, "13": 22,
+    "00": 9, "01": 9, "02": 12, "03": 11, "04": 13, "05": 12, "06": 10, "07": 11, "08": 21,
+    "09": 25, "10": 15, "11": 22, "12": 10, "13": 17,
 }  # fmt: skip
 
 DETAILS = re.compile(r"<details>.*?</details>", re.DOTALL)

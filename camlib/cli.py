@@ -348,7 +348,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     sub.add_parser("methods", help="list the method names --method accepts")
-    la = sub.add_parser("layers", help="list a model's layers that output a feature map")
+    la = sub.add_parser("layers", help="list the layers --layer accepts: feature maps, and a ViT's token layers")
     la.add_argument("--model", default="efficientnet_lite0")
     la.add_argument("--max-depth", type=int, default=None, help="at most this many dots in a name")
     return parser

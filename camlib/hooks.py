@@ -177,26 +177,35 @@ def _example_input(net: nn.Module, size: int | tuple[int, int]) -> Tensor:
 
 
 def layer_names(
-    net: nn.Module, size: int | tuple[int, int] = 224, x: Tensor | None = None, max_depth: int | None = None
+    net: nn.Module, size: int | tuple[int, int] | None = None, x: Tensor | None = None, max_depth: int | None = None
 ) -> list[str]:
-    """Dotted names of the layers whose output is a spatial feature map, in forward order.
+    """Dotted names of the layers :func:`camlib.gradcam` can take, in forward order: those whose output
+    is a spatial feature map, or tokens that fold into a patch grid.
 
-    A feature map is a 4-D tensor ``(B, C, h, w)`` with ``h * w > 1``. One forward pass on
-    ``x`` (default: zeros of ``size``) finds them; hooks are removed after. A module called
-    more than once per forward (a ReLU shared inside a ResNet block, ``layer1.0.relu``) is
-    left out: its output is not one map, and :func:`camlib.gradcam` refuses it. ``max_depth``
-    keeps names with at most that many dots (``1``: ``"blocks.3"``, ``"layer4"``), handy for a
-    dropdown. ``net`` may also be a :class:`camlib.LoadedModel`.
+    A feature map is a 4-D tensor ``(B, C, h, w)`` with ``h * w > 1``; not one inside an attention
+    (a module with ``num_heads``), whose 4-D tensors are per head, ``(B, heads, tokens, width)``.
+    Tokens ``(B, N, C)`` count where camlib finds their grid by itself (a Vision Transformer's
+    blocks, :func:`camlib.tokens.token_grid`) and they are the token stream (not an attention's
+    q/k/v projection, nor an MLP's wider hidden layer); a model whose grid camlib cannot tell
+    needs ``reshape=`` in :func:`camlib.gradcam`, and its token layers are not listed. One forward
+    pass on ``x`` (default: zeros of ``size``: a :class:`camlib.LoadedModel`'s input size, else
+    224) finds them; hooks are removed after. A module called more than once per forward (a ReLU
+    shared inside a ResNet block, ``layer1.0.relu``) is left out: its output is not one map, and
+    :func:`camlib.gradcam` refuses it. ``max_depth`` keeps names with at most that many dots
+    (``1``: ``"blocks.3"``, ``"layer4"``), handy for a dropdown.
     """
+    if size is None:
+        size = getattr(net, "input_size", 224)
     net = as_module(net)
     x = _example_input(net, size) if x is None else x
-    calls: dict[str, list[bool]] = {}  # name -> one flag per call: was the output a feature map?
+    calls: dict[str, list[bool]] = {}  # name -> one flag per call: was the output a map Grad-CAM takes?
     handles = []
 
-    def make(name: str) -> Callable[..., None]:
+    def make(name: str, module: nn.Module) -> Callable[..., None]:
         def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
             spatial = isinstance(out, Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
-            calls.setdefault(name, []).append(spatial)
+            spatial = spatial and _attention_of(net, name) is None
+            calls.setdefault(name, []).append(spatial or _foldable_tokens(net, name, module, out, x))
 
         return hook
 
@@ -204,12 +213,38 @@ def layer_names(
         try:
             for name, module in net.named_modules():
                 if name and (max_depth is None or name.count(".") <= max_depth):
-                    handles.append(module.register_forward_hook(make(name)))
+                    handles.append(module.register_forward_hook(make(name, module)))
             net(x)
         finally:
             for h in handles:
                 h.remove()
     return [name for name, flags in calls.items() if flags == [True]]
+
+
+def _attention_of(net: nn.Module, name: str) -> str | None:
+    """The name of the attention module (one with ``num_heads``: timm's ``Attention``,
+    ``nn.MultiheadAttention``) that layer ``name`` sits inside, or None."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):  # the layer's ancestors, not the layer, not the model
+        prefix = ".".join(parts[:i])
+        if hasattr(net.get_submodule(prefix), "num_heads"):
+            return prefix
+    return None
+
+
+def _foldable_tokens(net: nn.Module, name: str, module: nn.Module, out: Any, x: Tensor) -> bool:
+    """``out`` is a token stream ``(B, N, C)`` whose patch grid (more than one patch) camlib finds by itself."""
+    from . import tokens
+
+    if not (isinstance(out, Tensor) and out.dim() == 3 and out.shape[1] > 1):
+        return False
+    if tokens.qkv_like(module, name, out, net) is not None:
+        return False
+    try:
+        grid = tokens.token_grid(net, out, x)
+    except tokens._Error:
+        return False
+    return grid.h * grid.w > 1
 
 
 def logits_of(out: Any, output: Callable[[Any], Tensor] | None = None) -> Tensor:
@@ -450,6 +485,13 @@ def forward_with_grad_at(
             )
         if isinstance(out, Tensor) and (callable(reshape) or (out.dim() == 3 and out.shape[1] > 1)):
             return _tokens_leaf(net, name, module, out, x, reshape, store)
+        attention = _attention_of(net, name) if isinstance(out, Tensor) and out.dim() == 4 else None
+        if attention is not None:
+            raise LayerError(
+                f"Layer {name!r} sits inside the attention {attention!r}: its output {tuple(out.shape)} is per "
+                "head (B, heads, tokens, width), not a feature map. Take the block's output or its norm1 "
+                f"(tokens), e.g. {attention.rsplit('.', 1)[0]!r}; camlib.layer_names(net, x=x) lists them."
+            )
         if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1):
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise LayerError(

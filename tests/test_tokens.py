@@ -296,3 +296,31 @@ def test_tokens_under_inference_mode_and_amp():
     low = camlib.gradcam(model.net, images, "blocks.2", labels, amp=True)
     assert low.dtype == torch.float32
     assert float((low - ref).abs().amax()) < 0.05 * float(ref.abs().amax())
+
+
+def test_layer_names_lists_the_token_layers_gradcam_takes_and_nothing_per_head(vit, x):
+    """A ViT's blocks are listed (they were not: only the patch embedding's convolution was), the
+    per-head tensors inside an attention are not (they were, as 4-D "maps"), and gradcam takes every
+    listed layer and refuses the per-head ones with a message that names the block."""
+    names = camlib.layer_names(vit, x=x)
+    for wanted in ("patch_embed.proj", "blocks.0", "blocks.11", "blocks.11.norm1", "blocks.11.mlp", "norm"):
+        assert wanted in names, wanted
+    for unwanted in ("blocks.11.attn.qkv", "blocks.11.mlp.fc1", "blocks.11.attn.q_norm", "patch_embed", "head"):
+        assert unwanted not in names, unwanted
+    assert camlib.layer_names(vit, x=x, max_depth=1)[-3:] == ["blocks.11", "blocks", "norm"]
+    for name in [n for n in names if n.count(".") <= 1 or n.startswith("blocks.11.")]:  # the rest: alike
+        assert camlib.gradcam(vit, x, name).shape == (x.shape[0], 14, 14), name
+    with pytest.raises(camlib.LayerError, match=r"inside the attention 'blocks\.3\.attn'.*per head.*'blocks\.3'"):
+        camlib.gradcam(vit, x, "blocks.3.attn.k_norm")
+
+
+def test_layer_names_of_a_loaded_vit_uses_its_input_size():
+    model = camlib.load_model("small_vit_shapes")
+    names = camlib.layer_names(model, max_depth=1)  # a 224 × 224 input would not fit its 8 × 8 grid
+    assert [n for n in names if n.startswith("blocks.")] == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
+    assert camlib.gradcam(model.net, torch.rand(1, 3, 64, 64), "blocks.2").shape == (1, 8, 8)
+
+
+def test_layer_names_skips_tokens_without_a_grid_camlib_can_tell():
+    net = Tokens().eval()  # 30 tokens on a 6 × 5 grid, no patch_embed: gradcam needs reshape=
+    assert camlib.layer_names(net, x=torch.rand(1, 3, 24, 20)) == ["embed"]

@@ -54,7 +54,7 @@ def default_layers(model: Any) -> list[str]:
     ``"bn1"`` is), then appends ``model.feature_layer`` if missing. EfficientNet-Lite0:
     ``conv_stem, bn1, blocks.0 ... blocks.6, conv_head, bn2``.
     """
-    names = layer_names(model.net, max_depth=1)
+    names = layer_names(model, max_depth=1)  # a LoadedModel: at its own input size
     listed = set(names)
     keep = []
     for n in names:
@@ -67,6 +67,25 @@ def default_layers(model: Any) -> list[str]:
     if model.feature_layer not in keep:
         keep.append(model.feature_layer)
     return keep
+
+
+def _gap_head(model: Any, x: Tensor) -> tuple[Tensor, Tensor] | str:
+    """:func:`camlib.methods.pooled_features` at the model's feature layer, or why the model has no
+    global-average-pooling + linear head there (a Vision Transformer's class-token head)."""
+    from .methods import CamError
+
+    try:
+        return pooled_features(model.net, x, model.feature_layer, model.fc)
+    except CamError as err:
+        return str(err)
+
+
+def _logits(net: Any, x: Tensor) -> Tensor:
+    """The logits of one forward without gradients, in eval mode (flags restored)."""
+    from .hooks import logits_fast
+
+    with eval_mode(net), torch.no_grad():
+        return logits_fast(net, x)
 
 
 def encode(rgb: np.ndarray, fmt: str = "jpeg") -> bytes:
@@ -89,7 +108,10 @@ class Explorer:
         layers: dotted layer names for the layer control (default: :func:`default_layers`).
             The feature layer is added when "CAM" is among the methods.
         methods: a subset of ``METHODS`` (default: all seven, in that order; HiResCAM, XGrad-CAM
-            and LayerCAM reuse the cached activations and gradients, as Grad-CAM does).
+            and LayerCAM reuse the cached activations and gradients, as Grad-CAM does). A model
+            without a global-average-pooling + linear head at its feature layer (a Vision
+            Transformer with a class-token head, ``"small_vit_shapes"``) has no CAM: the default
+            leaves it out, asking for it raises; its token layers (``"blocks.2"``) work with the rest.
         layer, method, target: initial values (default: the feature layer, the first method,
             the top-1 class).
         alpha: initial opacity of the heat map; ``top``: how many predictions head the class list;
@@ -171,6 +193,7 @@ class Explorer:
             raise ValueError(f"image_format must be 'jpeg' or 'png', not {image_format!r}.")
         self.image_format = image_format
 
+        asked = methods is not None
         methods = list(METHODS if methods is None else methods)
         bad = [m for m in methods if m not in METHODS]
         if bad or not methods:
@@ -179,16 +202,26 @@ class Explorer:
         if "CAM" in methods and model.feature_layer not in layers:
             layers.append(model.feature_layer)
         self._check_layers(layers)
+        head = _gap_head(model, self.x)  # a str: no GAP + linear head (a ViT's class-token head), so no CAM
+        if isinstance(head, str) and "CAM" in methods:
+            if asked:
+                raise ValueError(
+                    f"CAM is not available for this model and input: {head} Leave 'CAM' out of methods= "
+                    "(the gradient methods work at any layer, a Vision Transformer's blocks too)."
+                )
+            methods.remove("CAM")
         _check_choice("layer", layer, layers)
         _check_choice("method", method, methods)
 
         # One forward at the feature layer: the logits and the CAM of every class (one einsum).
-        feats, self.logits = pooled_features(self.net, self.x, model.feature_layer, model.fc)
+        feats, self.logits = (None, _logits(self.net, self.x)) if isinstance(head, str) else head
         self.probs = self.logits.softmax(dim=1)[0]
         if target is not None and not 0 <= target < self.probs.numel():
             raise ValueError(f"target must be a class index in 0..{self.probs.numel() - 1}, got {target!r}.")
-        with torch.no_grad():
-            self._all_cams = torch.einsum("ck,khw->chw", model.fc.weight.to(feats.dtype), feats[0])
+        self._all_cams: Tensor | None = None
+        if feats is not None:
+            with torch.no_grad():
+                self._all_cams = torch.einsum("ck,khw->chw", model.fc.weight.to(feats.dtype), feats[0])
         self._key = (model_key or id(self.net), self.image.size, hashlib.sha1(self.image.tobytes()).hexdigest())
         older = Explorer._live.get(self._key)
         if older is not None and replace:
@@ -316,7 +349,7 @@ class Explorer:
     def compute(self, method: str, layer: str, target: int) -> Tensor | None:
         """The raw ``(h, w)`` map for these control values (``None``: CAM away from the feature layer)."""
         if method == "CAM":
-            if layer != self.model.feature_layer:
+            if layer != self.model.feature_layer or self._all_cams is None:
                 return None
             return self._all_cams[target]
         acts, g = self.gradients(layer, target)  # cached: every gradient method below reuses them
@@ -361,6 +394,11 @@ class Explorer:
                 f"<b>{method}</b> for <b>{name}</b> (p = {self.probs[c].item():.3f}) "
                 f"at <code>{layer}</code>, {h}×{w} map"
             )
+            if not bool(self.current_map.any()):
+                self.message.value += (
+                    ": <b>zero everywhere</b>, nothing to show (no position at this layer has positive "
+                    "evidence for the class; at a class-token ViT's last block none can: pick another layer)"
+                )
         self.redraw()
 
     def redraw(self) -> None:

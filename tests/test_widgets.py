@@ -318,3 +318,24 @@ def test_family_methods_reuse_the_cached_gradients_and_equal_camlib(
     # blocks.5 (its weights divide by each channel's sum of activations, near zero for some), 6.5e-7 for Grad-CAM.
     tol = 5e-4 * expected.abs().max().item()
     torch.testing.assert_close(explorer.current_map, expected, rtol=5e-4, atol=tol)
+
+
+def test_explorer_on_a_vision_transformer() -> None:
+    """The course's class-token ViT (notebook 13): no GAP + linear head, so no CAM; its token layers in
+    the layer control; the maps those of camlib.gradcam; the last block's all-zero map said as such."""
+    model = camlib.load_model("small_vit_shapes")
+    images, _, _ = camlib.synthetic.shapes(1, seed=1)
+    picture = Image.fromarray((images[0].permute(1, 2, 0) * 255).round().byte().numpy())
+    ex = Explorer(model, picture)
+    assert "CAM" not in ex.method_control.options and ex.method_control.value == "Grad-CAM"
+    assert {"blocks.0", "blocks.3"} <= set(ex.layer_control.options)
+    assert ex.layer_control.value == "blocks.3" and not ex.current_map.any()
+    assert "zero everywhere" in ex.message.value
+    ex.layer_control.value = "blocks.2"
+    assert ex.current_map.shape == (8, 8) and ex.current_map.any() and "zero" not in ex.message.value
+    torch.testing.assert_close(ex.current_map, ex.reference())
+    ex.method_control.value = "Grad-CAM++"
+    torch.testing.assert_close(ex.current_map, ex.reference())
+    ex.close()
+    with pytest.raises(ValueError, match="CAM is not available.*GAP.*Leave 'CAM' out"):
+        Explorer(model, picture, methods=["CAM", "Grad-CAM"])

@@ -43,6 +43,7 @@ from .methods import cam, gradcam_pp_weights, gradcam_weights, pooled_features, 
 
 __all__ = ["METHODS", "Explorer", "default_layers", "encode"]
 
+_MIN_SIDE = 256  # px: smaller pictures are shown enlarged
 METHODS = ("CAM", "Grad-CAM", "Grad-CAM++", "Counterfactual", "HiResCAM", "XGrad-CAM", "LayerCAM")
 
 
@@ -115,7 +116,8 @@ class Explorer:
         layer, method, target: initial values (default: the feature layer, the first method,
             the top-1 class).
         alpha: initial opacity of the heat map; ``top``: how many predictions head the class list;
-        size: input size for :meth:`model.preprocess`; ``max_side``: longest side of the picture;
+        size: input size for :meth:`model.preprocess`; ``max_side``: longest side of the picture (a
+        picture under 256 px is enlarged by a whole factor, each pixel a block, to at least that);
         ``image_format``: "jpeg" (default; encodes in well under a millisecond) or "png" (lossless,
         ~10 ms at 360 px); ``threads``: torch CPU threads while a move is computed, restored after
         (default ``None``: torch's setting, so ``current_map`` equals the camlib call bit for bit, unless
@@ -186,6 +188,9 @@ class Explorer:
         self.x = model.preprocess(self.image, size)
         picture = self.image.copy()
         picture.thumbnail((max_side, max_side), Image.BILINEAR)
+        if max(picture.size) < _MIN_SIDE:  # a 64-px shapes image: enlarged pixel by pixel, not a stamp
+            k = math.ceil(_MIN_SIDE / max(picture.size))
+            picture = picture.resize((picture.width * k, picture.height * k), Image.NEAREST)
         self.picture = picture
         self._picture_rgb = np.asarray(picture.convert("RGB"))
         self._painter = _Painter(self._picture_rgb, cmap)

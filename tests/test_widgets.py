@@ -328,6 +328,8 @@ def test_explorer_on_a_vision_transformer() -> None:
     picture = Image.fromarray((images[0].permute(1, 2, 0) * 255).round().byte().numpy())
     ex = Explorer(model, picture)
     assert "CAM" not in ex.method_control.options and ex.method_control.value == "Grad-CAM"
+    assert ex.picture.size == (256, 256)  # the 64-px image shown enlarged 4×, pixel by pixel
+    np.testing.assert_array_equal(np.asarray(ex.picture)[::4, ::4], np.asarray(picture))
     assert {"blocks.0", "blocks.3"} <= set(ex.layer_control.options)
     assert ex.layer_control.value == "blocks.3" and not ex.current_map.any()
     assert "zero everywhere" in ex.message.value

@@ -11,7 +11,8 @@ method batch by batch on the device with a progress bar. For each image it write
 ``<name>_<method>.png`` (the heat map over the photo, :func:`camlib.overlay`) and
 ``<name>_<method>.pt`` (or ``.npy``: the raw map as the method returns it, ``(h, w)``, or
 ``(3, H, W)`` for the guided methods), plus one ``explain.json`` that lists, per input, the
-files written, the class explained and its probability, or why the input was skipped.
+files written, the class explained and its probability, whether the map is zero everywhere
+(``all_zero``: the summary then warns), or why the input was skipped.
 
 A file that cannot be read (not an image, truncated, a folder, missing) is reported and
 skipped; the run goes on. The exit status is 0 when at least one image was explained, 1 when
@@ -259,7 +260,7 @@ def explain_files(
             torch.save(raw.clone(), raw_path)
         else:
             np.save(raw_path, raw.numpy())
-        entry.update(overlay=png.name, raw=raw_path.name, shape=list(raw.shape))
+        entry.update(overlay=png.name, raw=raw_path.name, shape=list(raw.shape), all_zero=not bool(raw.any()))
         report.explained.append(entry)
 
     def skip(path: Path, reason: str) -> None:
@@ -423,6 +424,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{report.settings['layer'] or 'the input'}; {n_bad} skipped; results in {out}",
         file=sys.stderr,
     )
+    zero = sum(entry["all_zero"] for entry in report.explained)
+    if zero:
+        print(
+            f'warning: {zero} of the {n_ok} map(s) are zero everywhere ("all_zero" in {MANIFEST}): nothing at '
+            f"{report.settings['layer'] or 'the input'} raises the class's score; at a class-token ViT's last block "
+            "nothing can. "
+            "Try an earlier --layer (python -m camlib layers lists them).",
+            file=sys.stderr,
+        )
     if ignored:
         print(f"ignored {len(ignored)} non-image file(s) in the folders (listed in {out / MANIFEST})", file=sys.stderr)
     return 0 if n_ok else 1

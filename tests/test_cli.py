@@ -203,3 +203,24 @@ def test_amp_maps_follow_the_float32_ones(real_model: camlib.LoadedModel, tmp_pa
         assert got.dtype == torch.float32 and bool(got.isfinite().all())
         assert float((got - ref).abs().max() / ref.abs().max()) < 0.1
         assert float(camlib.metrics.spearman(got[None], ref[None])[0]) > 0.98
+
+
+def test_maps_zero_everywhere_are_flagged_and_warned_about(tmp_path: Path, capsys) -> None:
+    """The course's class-token ViT at its last block (the model's default layer) gives maps that are zero
+    everywhere: the manifest says so per image and the summary warns; an earlier block gives real maps."""
+    images, _, _ = camlib.synthetic.shapes(2, seed=1)
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / f"s{i}.png")
+    for layer, zero in ((None, True), ("blocks.2", False)):
+        out = tmp_path / f"out_{layer}"
+        args = ["explain", str(folder), "--model", "small_vit_shapes", "--out", str(out), "-q"]
+        assert cli.main(args + (["--layer", layer] if layer else [])) == 0
+        err = capsys.readouterr().err
+        entries = json.loads((out / cli.MANIFEST).read_text())["explained"]
+        assert [e["all_zero"] for e in entries] == [zero, zero]
+        for e in entries:
+            assert bool(torch.load(out / e["raw"]).any()) is not zero
+        assert ("warning: 2 of the 2 map(s) are zero everywhere" in err) is zero, err
+        assert ("blocks.3 raises" in err) is zero, err

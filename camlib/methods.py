@@ -197,7 +197,14 @@ def _check_head(
 def _cam_features(model: Any, x: Tensor, output: Output) -> tuple[Tensor, Tensor, nn.Linear]:
     """(pooled features, logits, fc) for a LoadedModel or a bare net (head found, cached, re-checked)."""
     if not isinstance(model, nn.Module):
-        return (*pooled_features(model.net, x, model.feature_layer, model.fc, output), model.fc)
+        try:
+            return (*pooled_features(model.net, x, model.feature_layer, model.fc, output), model.fc)
+        except _HeadMismatch as err:
+            raise CamError(
+                f"{getattr(model, 'name', type(model.net).__name__)} has no global-average-pooling + linear head at "
+                f"{model.feature_layer!r}, so CAM (Zhou et al. 2016) is not defined for it. Use "
+                f"camlib.gradcam(model.net, x, layer), which works on any layer Grad-CAM takes. ({err})"
+            ) from None
     cached = _heads.get(model)
     if cached is not None:
         try:

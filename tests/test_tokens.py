@@ -324,3 +324,9 @@ def test_layer_names_of_a_loaded_vit_uses_its_input_size():
 def test_layer_names_skips_tokens_without_a_grid_camlib_can_tell():
     net = Tokens().eval()  # 30 tokens on a 6 × 5 grid, no patch_embed: gradcam needs reshape=
     assert camlib.layer_names(net, x=torch.rand(1, 3, 24, 20)) == ["embed"]
+
+
+def test_cam_of_a_loaded_vit_says_what_to_use_instead():
+    model = camlib.load_model("small_vit_shapes")
+    with pytest.raises(camlib.CamError, match=r"small_vit_shapes has no global-average-pooling.*'blocks\.3'.*gradcam"):
+        camlib.cam(model, torch.rand(1, 3, 64, 64))

@@ -429,8 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f'warning: {zero} of the {n_ok} map(s) are zero everywhere ("all_zero" in {MANIFEST}): nothing at '
             f"{report.settings['layer'] or 'the input'} raises the class's score; at a class-token ViT's last block "
-            "nothing can. "
-            "Try an earlier --layer (python -m camlib layers lists them).",
+            "nothing can. Try an earlier --layer (python -m camlib layers lists them).",
             file=sys.stderr,
         )
     if ignored:

@@ -233,18 +233,16 @@ def _attention_of(net: nn.Module, name: str) -> str | None:
 
 
 def _foldable_tokens(net: nn.Module, name: str, module: nn.Module, out: Any, x: Tensor) -> bool:
-    """``out`` is a token stream ``(B, N, C)`` whose patch grid (more than one patch) camlib finds by itself."""
+    """``out`` is tokens ``(B, N, C)`` that gradcam folds into a map by itself (:func:`_token_fold`)."""
     from . import tokens
 
-    if not (isinstance(out, Tensor) and out.dim() == 3 and out.shape[1] > 1):
-        return False
-    if tokens.qkv_like(module, name, out, net) is not None:
+    if not (isinstance(out, Tensor) and out.dim() == 3 and out.shape[1] > 1):  # gradcam's test for tokens
         return False
     try:
-        grid = tokens.token_grid(net, out, x)
+        _token_fold(net, name, module, out, x, None)
     except tokens._Error:
         return False
-    return grid.h * grid.w > 1
+    return True
 
 
 def logits_of(out: Any, output: Callable[[Any], Tensor] | None = None) -> Tensor:
@@ -518,6 +516,32 @@ def forward_with_grad_at(
     return store["A"], logits_of(out, output)
 
 
+def _token_fold(
+    net: nn.Module, name: str, module: nn.Module, out: Tensor, x: Tensor, reshape: Reshape
+) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """``(fold, grid)`` for a token output: how it folds into a map and the map ``(B, C, h, w)``, ``h * w > 1``.
+
+    Raises:
+        camlib.tokens._Error: why it does not fold (a q/k/v projection, no grid, not a map).
+    """
+    from . import tokens
+
+    if callable(reshape):
+        fold: Callable[[Tensor], Tensor] = reshape
+    else:
+        why = tokens.qkv_like(module, name, out, net) if out.dim() == 3 else None
+        if why is not None:
+            raise tokens._Error(why)
+        if out.dim() != 3:
+            raise tokens._Error(f"it outputs {tuple(out.shape)}; reshape=(h, w) is for tokens (B, N, C).")
+        fold = tokens.token_grid(net, out, x, reshape)
+    grid = fold(out.detach())
+    if not (isinstance(grid, Tensor) and grid.dim() == 4 and grid.shape[-2] * grid.shape[-1] > 1):
+        got = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
+        raise tokens._Error(f"reshape= folds its output into {got}, not a map (B, C, h, w) with h * w > 1.")
+    return fold, grid
+
+
 def _tokens_leaf(
     net: nn.Module, name: str, module: nn.Module, out: Tensor, x: Tensor, reshape: Reshape, store: dict[str, Tensor]
 ) -> Tensor:
@@ -527,19 +551,7 @@ def _tokens_leaf(
     if "A" in store:
         raise LayerError(f"Layer {name!r} runs more than once per forward; pick a layer used once.")
     try:
-        if callable(reshape):
-            fold: Callable[[Tensor], Tensor] = reshape
-        else:
-            why = tokens.qkv_like(module, name, out, net) if out.dim() == 3 else None
-            if why is not None:
-                raise tokens._Error(why)
-            if out.dim() != 3:
-                raise tokens._Error(f"it outputs {tuple(out.shape)}; reshape=(h, w) is for tokens (B, N, C).")
-            fold = tokens.token_grid(net, out, x, reshape)
-        grid = fold(out.detach())
-        if not (isinstance(grid, Tensor) and grid.dim() == 4 and grid.shape[-2] * grid.shape[-1] > 1):
-            got = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
-            raise tokens._Error(f"reshape= folds its output into {got}, not a map (B, C, h, w) with h * w > 1.")
+        fold, grid = _token_fold(net, name, module, out, x, reshape)
         store["A"] = grid.detach().contiguous().requires_grad_(True)
         torch.set_grad_enabled(True)  # the rest of the forward builds a graph from A
         return tokens.from_grid(out.detach(), fold, store["A"])

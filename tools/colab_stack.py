@@ -21,8 +21,6 @@ def mismatches(pins: list[str]) -> list[str]:
     build tag such as ``+cu130`` is ignored)."""
     wrong = []
     for pin in pins:
-        if pin == "--here":
-            continue
         name, _, version = pin.partition("==")
         module = importlib.import_module(MODULES.get(name, name))
         found = str(getattr(module, "__version__", "?")).split("+")[0]
@@ -33,10 +31,11 @@ def mismatches(pins: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    problems = mismatches(sys.argv[1:])
+    pins = [a for a in sys.argv[1:] if a != "--here"]
+    problems = mismatches(pins)
     if "--here" not in sys.argv:  # the same check where the notebooks' kernels start
         where = Path(__file__).resolve().parents[1] / "notebooks"
-        kernel = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--here", *sys.argv[1:]], cwd=where)
+        kernel = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--here", *pins], cwd=where)
         problems += [f"in a Python started in {where}: see above"] if kernel.returncode else []
     if problems:
         fix = "Put the absolute path of .colab/site on PYTHONPATH (make colab-stack does)."

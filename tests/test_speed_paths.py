@@ -198,3 +198,24 @@ def test_scorecam_and_the_metrics_take_amp():
     a = camlib.metrics.road(net, x, maps, fractions=(0.2, 0.5), progress=False, tol=1e-3)
     b = camlib.metrics.road(net, x, maps, fractions=(0.2, 0.5), progress=False, tol=1e-3, amp=torch.bfloat16)
     assert 0 < float((a.probs - b.probs).abs().max()) < 0.05
+
+
+def test_the_graphed_step_is_camlibs_gradcam(real_model, chelsea_x):
+    """benchmarks/bench_graphs.py captures this step as a CUDA graph (not runnable on a CPU): it must be
+    camlib's Grad-CAM, and read the image and the class from its buffers when called, as a replay does."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_graphs.py"
+    spec = importlib.util.spec_from_file_location("bench_graphs", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    net = real_model.net
+    x, idx = chelsea_x.clone(), torch.tensor([285])
+    step = bench.gradcam_step(net, "bn2", x, idx)
+    assert torch.equal(step(), camlib.gradcam(net, chelsea_x, "bn2", 285))
+    torch.manual_seed(3)
+    other = torch.rand_like(chelsea_x)
+    x.copy_(other)
+    idx.fill_(7)
+    assert torch.equal(step(), camlib.gradcam(net, other, "bn2", 7))

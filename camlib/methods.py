@@ -82,7 +82,7 @@ def find_gap_head(net: nn.Module, x: Tensor, output: Output = None) -> tuple[str
     Raises:
         CamError: no such head; use :func:`gradcam`, which works on any CNN.
     """
-    seen: list[tuple[str, Tensor, bool]] = []  # (name, output as it is after the forward, input spatial?)
+    seen: list[tuple[str, Tensor, bool, bool]] = []  # (name, output after the forward, input spatial?, a global max?)
     linear_io: list[tuple[str, nn.Linear, Tensor, Tensor]] = []
 
     def make(name: str, module: nn.Module) -> Callable[..., None]:
@@ -92,7 +92,8 @@ def find_gap_head(net: nn.Module, x: Tensor, output: Output = None) -> tuple[str
             elif isinstance(out, Tensor) and out.dim() == 4:
                 first = inp[0] if inp and isinstance(inp[0], Tensor) else None
                 spatial_in = first is not None and first.dim() == 4 and first.shape[-2] * first.shape[-1] > 1
-                seen.append((name, out.detach(), spatial_in))  # an alias: sees later in-place ops
+                global_max = spatial_in and out.shape[-2:] == (1, 1) and _same(out.flatten(1), first.amax((2, 3)))
+                seen.append((name, out.detach(), spatial_in, global_max))  # an alias: sees later in-place ops
 
         return hook
 
@@ -107,21 +108,27 @@ def find_gap_head(net: nn.Module, x: Tensor, output: Output = None) -> tuple[str
     if not linear_io or not _same(linear_io[-1][3], logits):
         raise CamError(explain + " (The logits are not the output of a final nn.Linear.)")
     fc_name, fc, fc_in, _ = linear_io[-1]
-    matches = [
-        (n, a, s) for n, a, s in seen if a.shape[1] == fc.in_features and _same(a.mean((2, 3)), fc_in.flatten(1))
-    ]
-    spatial = [n for n, a, _ in matches if a.shape[2] * a.shape[3] > 1]
+    matches = [m for m in seen if m[1].shape[1] == fc.in_features and _same(m[1].mean((2, 3)), fc_in.flatten(1))]
+    spatial = [m[0] for m in matches if m[1].shape[2] * m[1].shape[3] > 1]
     if not spatial:
         raise CamError(_why_no_spatial_match(explain, fc_name, matches, tuple(x.shape[-2:])))
     _heads[net] = (spatial[-1], fc)
     return spatial[-1], fc
 
 
-def _why_no_spatial_match(explain: str, fc: str, matches: list[tuple[str, Tensor, bool]], size: tuple) -> str:
+def _why_no_spatial_match(explain: str, fc: str, matches: list[tuple[str, Tensor, bool, bool]], size: tuple) -> str:
     """The CamError message when no feature map with ``h * w > 1`` feeds ``fc`` through a mean."""
     if not matches:
         return explain + f" (The input of {fc!r} is not the spatial mean of any feature map.)"
-    shrinks = [n for n, _, spatial_in in matches if spatial_in]
+    maxed = [n for n, _, _, global_max in matches if global_max]
+    if maxed:  # global max pooling: a larger input would not help
+        return (
+            f"{maxed[0]!r} takes each channel's maximum over the positions (global max pooling), not their mean, "
+            "so the score is not the mean of a class map and CAM (Zhou et al. 2016) is not defined for this net. "
+            "The map sum_k w^c_k A^k can still be computed by hand (camlib.gmpnet.class_maps does it for the "
+            "course's max-pooling net), and camlib.gradcam works at any layer."
+        )
+    shrinks = [n for n, _, spatial_in, _ in matches if spatial_in]
     if shrinks:  # a strided layer took a larger map down to 1x1: the input is too small for this net
         return (
             f"At this {size[0]}×{size[1]} input, {shrinks[0]!r} of the GAP + linear head is already 1×1: "

@@ -32,11 +32,14 @@ def test_shipped_gmp_net_loads_pools_by_max_and_classifies() -> None:
 
 def test_cam_refuses_the_gmp_net() -> None:
     # Max pooling is not a GAP head: the only map whose mean feeds the linear layer is the 1 x 1 pooled
-    # output, and a 1 x 1 "CAM" is no class activation map (issue 10): CamError, use class_maps or Grad-CAM.
+    # output, and a 1 x 1 "CAM" is no class activation map (issue 10): CamError, naming the max pooling.
     net = gmpnet.load_small_gmp_shapes().net
     x, y, _ = synthetic.shapes(2, seed=0)
-    with pytest.raises(camlib.CamError):
+    with pytest.raises(camlib.CamError, match=r"'pool' takes each channel's maximum .*global max pooling") as err:
         camlib.cam(net, x, y)
+    assert "larger input" not in str(err.value)  # at 64 px or any size, the pooled map is 1 x 1
+    with pytest.raises(camlib.CamError, match="global max pooling"):
+        camlib.cam(net, torch.nn.functional.interpolate(x, size=224), y)
 
 
 def test_same_layers_as_the_gap_net() -> None:

@@ -390,11 +390,12 @@ def gradcam_weights(grads: Tensor, counterfactual: bool = False) -> Tensor:
 
 
 def gradcam_pp_weights(acts: Tensor, grads: Tensor) -> Tensor:
-    r"""Grad-CAM++'s channel weights :math:`w_k = \sum_{ij} \alpha_{ij} \mathrm{ReLU}(g_{ij})` (Eq. 19 closed form)."""
+    r"""Grad-CAM++'s channel weights :math:`\alpha_k = \sum_{ij} \beta_{ij} \mathrm{ReLU}(g_{ij})` (Eq. 19 closed form;
+    the paper writes :math:`w` for the channel weight and :math:`\alpha` for :math:`\beta`)."""
     g2 = grads * grads
     denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grads
-    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g2))
-    return (alpha * torch.relu(grads)).sum(dim=(2, 3))
+    beta = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g2))
+    return (beta * torch.relu(grads)).sum(dim=(2, 3))
 
 
 def weighted_map(weights: Tensor, acts: Tensor) -> Tensor:
@@ -414,14 +415,16 @@ def gradcam_pp(
 ) -> Tensor:
     r"""Grad-CAM++ (Chattopadhyay et al. 2018, arXiv:1710.11063), raw ``(B, h, w)``.
 
-    With :math:`Y^c = \exp(S^c)` the higher derivatives reduce to powers of the first
-    one, :math:`g = \partial S^c / \partial A` (Eq. 19):
+    With :math:`Y^c = \exp(y^c)` the higher derivatives reduce to powers of the first
+    one, :math:`g = \partial y^c / \partial A` (Eq. 19):
 
-    .. math:: \alpha^{kc}_{ij} = \frac{g_{ij}^2}{2 g_{ij}^2 + \sum_{ab} A^k_{ab}\, g_{ij}^3},
-              \qquad w^c_k = \sum_{ij} \alpha^{kc}_{ij}\,\mathrm{ReLU}(g_{ij}),
-              \qquad L^c = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big)
+    .. math:: \beta^{kc}_{ij} = \frac{g_{ij}^2}{2 g_{ij}^2 + \sum_{ab} A^k_{ab}\, g_{ij}^3},
+              \qquad \alpha^c_k = \sum_{ij} \beta^{kc}_{ij}\,\mathrm{ReLU}(g_{ij}),
+              \qquad L^c = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big)
 
-    with :math:`\alpha = 0` where the denominator is 0. ``amp=True``: the forward in reduced
+    with :math:`\beta = 0` where the denominator is 0. The course's letters (``notebooks/NOTATION.md``):
+    the paper writes :math:`\alpha^{kc}_{ij}` for :math:`\beta`, :math:`w^c_k` for :math:`\alpha`
+    and :math:`S^c` for the logit :math:`y^c`. ``amp=True``: the forward in reduced
     precision, the coefficients and the map in float32 (see :func:`layer_gradients`).
     """
     finish = lambda acts, grads, _: weighted_map(gradcam_pp_weights(acts, grads), acts)  # noqa: E731

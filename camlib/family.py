@@ -1,7 +1,8 @@
 r"""More of the CAM family: HiResCAM, XGrad-CAM, LayerCAM, Score-CAM, Ablation-CAM, Eigen-CAM.
 
-Every method fills in the same template, :math:`L = \mathrm{ReLU}(\sum_k w_k A^k)`, with its
-own weights :math:`w` (a number per channel, or per channel *and* pixel). Each has a small
+Every method fills in the same template, :math:`L = \mathrm{ReLU}(\sum_k \alpha_k A^k)`, with its
+own weights :math:`\alpha` (a number per channel, or per channel *and* pixel; HiResCAM and Eigen-CAM
+keep the sign, without the ReLU). Each has a small
 helper that works on tensors you already have, so a notebook or an interactive explorer
 with cached activations ``acts`` ``(B, K, h, w)`` and gradients ``grads`` can call it
 without another forward:

@@ -148,6 +148,10 @@ def test_build_every_notebook(tmp_path: Path) -> None:
         text = json.dumps(student["cells"])
         assert not se.SOLUTION_SUMMARY.search(text), path.name
         assert not any(se.is_solution_cell(c) for c in student["cells"]), path.name
+        course = json.loads(path.read_text())["cells"]
+        solutions = [c for c in course if se.is_solution_cell(c)]
+        hidden = [c.get("metadata", {}).get("jupyter", {}).get("source_hidden") for c in solutions]
+        assert all(hidden), f"{path.name}: a solution cell whose source is not hidden (exercises.md's convention)"
 
 
 @pytest.fixture(scope="module")

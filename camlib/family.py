@@ -541,7 +541,7 @@ def _swapped(net: nn.Module, model: nn.Module, name: str, x: Tensor, output: Out
         return out
 
     handles = [net.get_submodule(name).register_forward_hook(hook)]
-    if model is not net:
+    if model is not net and model.get_submodule(name) is not net.get_submodule(name):  # a copied module
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     try:
         yield after

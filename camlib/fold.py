@@ -295,19 +295,22 @@ def _packed(fc: _FoldedConv, x: Tensor, scaled: bool) -> Tensor | None:
     Otherwise PyTorch copies the weights into the input's layout and oneDNN reorders them into its
     own, on every call. Grad-CAM with them kept, against without (2-core AVX2 CPU, same process):
     ResNet-50 batch 8 0.92× the time, batch 1 0.78×; EfficientNet-Lite0 batch 16 0.99×, batch 1
-    0.86×. The layout depends on the batch's shape: a 3×3 512 → 512 convolution packed for another
-    shape took 7–60× as long. Kept like the scale and shift (without autograd, outside inference
-    mode), one copy per weight tensor however many twins share it, dropped with the weight or by
-    :func:`forget`, and made again when the weight, the scale's sources (:meth:`_FoldedConv._affine`),
-    the batch's shape or its layout change. ``None`` where it cannot be kept (the caller then passes
-    the weights as before).
+    0.86× (again on 2026-11-27, 15–21 alternating rounds: 0.87×, 0.69×, 0.96×, 0.88×). The layout
+    depends on the batch's shape: a 3×3 512 → 512 convolution packed for another shape took 7–60× as
+    long. Kept like the scale and shift (without autograd, outside inference mode), one copy per
+    weight tensor however many twins share it, dropped with the weight or by :func:`forget`, and
+    made again when the weight, the scale's sources (:meth:`_FoldedConv._affine`), the batch's shape
+    or layout, or the convolution's stride, padding, dilation or groups change. ``None`` where it
+    cannot be kept (the caller then passes the weights as before).
     """
     conv, weight = fc.conv, fc.conv.weight
     made = fc._kept[0] if scaled and fc._kept is not None else None  # the scale's sources, when kept
     reorder = _mkldnn("_reorder_convolution_weight")
     if reorder is None or torch.is_grad_enabled() or torch.is_inference_mode_enabled() or (scaled and made is None):
         return None
-    key = (weight._version, weight.data_ptr(), tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last), made)
+    geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)
+    key = (weight._version, weight.data_ptr(), tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last))
+    key = (*key, made, geometry)
     kept = _PACKED.setdefault(weight, {})
     if scaled not in kept or kept[scaled][0] != key:
         w = weight * fc._kept[1][0].reshape(-1, 1, 1, 1) if scaled else weight
@@ -353,7 +356,25 @@ def _state(net: nn.Module) -> tuple | None:
     return tuple(state)
 
 
-_TWINS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], tuple[tuple, nn.Module | None]]] = (
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _settings(modules: list[nn.Module]) -> tuple:
+    """The plain attributes (numbers, strings, flags, tuples of them) of ``modules``, e.g. a block's
+    ``has_skip``: what a copied module would not see change in the original."""
+    return tuple(
+        tuple(
+            (k, v)
+            for k, v in vars(m).items()
+            if k[0] != "_" and (isinstance(v, _PLAIN) or (type(v) is tuple and all(isinstance(e, _PLAIN) for e in v)))
+        )
+        for m in modules
+    )
+
+
+# net -> {keep: (_state(net), twin or None, net's modules the twin copies (weakly: the value must not keep net alive),
+# their _settings)}
+_TWINS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], tuple[tuple, nn.Module | None, list, tuple]]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -366,10 +387,14 @@ def folded(net: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     is wanted) stay as they are; a folded batch norm keeps its name, so a hook on it sees the same
     values as on the original (to float rounding). Returns ``net`` itself when there is nothing to
     fold, when any submodule is in training mode, or when ``net`` carries hooks (they would not see
-    the folded modules). The copy of the tree is kept (weakly, keyed on ``net``) and rebuilt when a
-    module or a parameter/buffer object of ``net`` is replaced. It holds each folded pair's
-    per-channel scale and shift (:class:`_FoldedConv`); the weights in oneDNN's layout are kept
-    once per weight tensor, shared by the twins (:func:`_packed`).
+    the folded modules). Only the modules that contain a folded pair are copied (the model and its
+    blocks); every other module is ``net``'s own, and a folded pair reads its convolution's and batch
+    norm's settings (stride, ``eps``, ...) from ``net``'s, so an attribute changed on any of them is
+    seen at once. The copy of the tree is kept (weakly, keyed on ``net``) and rebuilt when a module or
+    a parameter/buffer object of ``net`` is replaced, or a plain attribute of a copied module changes
+    (:func:`_settings`). It holds each folded pair's per-channel scale and shift
+    (:class:`_FoldedConv`); the weights in oneDNN's layout are kept once per weight tensor, shared by
+    the twins (:func:`_packed`).
     """
     sig = _state(net)
     if sig is None:
@@ -377,12 +402,15 @@ def folded(net: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     keep = tuple(keep)
     twins = _TWINS.setdefault(net, {})
     hit = twins.get(keep)
-    if hit is not None and hit[0] == sig:
+    if hit is not None and hit[0] == sig and _settings([ref() for ref in hit[2]]) == hit[3]:
         return net if hit[1] is None else hit[1]
     pairs = [(c, b) for c, b in fold_pairs(net) if c not in keep]
-    twin = None  # nothing to fold (a reference to net itself here would keep it alive)
+    twin, copied = None, []  # nothing to fold (a reference to net itself here would keep it alive)
     if pairs:
+        names = sorted({".".join(n.split(".")[:i]) for pair in pairs for n in pair for i in range(n.count(".") + 1)})
+        copied = [net.get_submodule(a) for a in names]
         shared = {id(t): t for t in itertools.chain(net.parameters(), net.buffers())}
+        shared.update((id(m), m) for m in net.modules() if not any(m is c for c in copied))
         twin = copy.deepcopy(net, memo=shared)
         for conv_name, bn_name in pairs:
             conv, bn = twin.get_submodule(conv_name), twin.get_submodule(bn_name)
@@ -393,7 +421,7 @@ def folded(net: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
         twin._folded_convs = [m for m in twin.modules() if isinstance(m, _FoldedConv)]  # for clear()
     if len(twins) >= 8:  # a few layers' twins per net (the explorer moves between layers)
         twins.clear()
-    twins[keep] = (sig, twin)
+    twins[keep] = (sig, twin, [weakref.ref(m) for m in copied], _settings(copied))
     return net if twin is None else twin
 
 

@@ -383,8 +383,9 @@ def forward_hooked(
     handles = []
     try:
         for name, hook in hooks.items():
-            handles.append(net.get_submodule(name).register_forward_hook(hook))
-            if twin is not net:
+            own = net.get_submodule(name)
+            handles.append(own.register_forward_hook(hook))
+            if twin is not net and twin.get_submodule(name) is not own:  # the twin shares what it does not fold
                 handles.append(twin.get_submodule(name).register_forward_hook(hook))
         return forward_fast(net, x, before_retry=before_retry, twin=twin)
     finally:

@@ -142,6 +142,54 @@ def test_the_twin_is_cached_and_follows_the_models_weights():
         assert _rel(fold.folded(net)(x), net(x)) < 1e-5
 
 
+class _Shift(nn.Module):
+    """A leaf with a plain attribute its forward reads (like a Normalize's mean)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.by
+
+
+class _Gated(nn.Module):
+    """A block that contains a folded pair and reads a plain attribute of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift, self.body, self.skip = _Shift(), _tiny()[:6], False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(self.shift(x))
+        return out + out.mean() if self.skip else out
+
+
+def test_the_twin_sees_a_changed_attribute_of_the_model():
+    """A plain attribute changed on the model (a leaf's setting, a batch norm's eps, a convolution's padding, a
+    block's flag) shows in the next call's result, whichever method ran before (the twin shares what it does
+    not fold, reads the folded pairs' settings from the model's modules, and is rebuilt when a copied
+    module's plain attribute changes)."""
+    net = nn.Sequential(_Gated(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    edits = (
+        lambda: setattr(net[0].shift, "by", 0.7),  # a shared leaf
+        lambda: setattr(net[0].body[1], "eps", 0.5),  # a folded batch norm's setting
+        lambda: setattr(net[0].body[3], "padding", (0, 0)),  # a folded convolution's geometry (packed weights)
+        lambda: setattr(net[0], "skip", True),  # a copied block's own flag
+    )
+    for edit in edits:
+        before = camlib.gradcam(net, x, "0.body.5", [0, 1])
+        cam_before = camlib.cam(net, x, [0, 1])
+        edit()
+        ref = copy.deepcopy(net)  # a model camlib has never seen: no twin yet
+        after, cam_after = camlib.gradcam(net, x, "0.body.5", [0, 1]), camlib.cam(net, x, [0, 1])
+        assert after.shape != before.shape or _rel(after, before) > 1e-3  # the edit changes the map ...
+        assert _rel(after, camlib.gradcam(ref, x, "0.body.5", [0, 1])) < 1e-5  # ... and camlib shows the change
+        assert _rel(cam_after, camlib.cam(ref, x, [0, 1])) < 1e-5 and not torch.equal(cam_after, cam_before)
+    assert fold.folded(net) is not net and isinstance(fold.folded(net)[0].body[0], fold._FoldedConv)
+
+
 def test_the_cache_does_not_keep_the_model_alive():
     net = _tiny()
     fold.folded(net)

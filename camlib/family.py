@@ -44,6 +44,7 @@ from .hooks import (
     LayerError,
     as_module,
     captured,
+    check_batch,
     cpu_twin,
     eval_mode,
     fast_layout,
@@ -83,12 +84,6 @@ Output = Callable[[Any], Tensor] | None
 # --------------------------------------------------------------------------- gradient methods
 
 
-def _check_x(x: Tensor) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must be a batch of images (B, C, H, W), got {got}; for one image use x[None].")
-
-
 def _gradients(
     net: nn.Module,
     x: Tensor,
@@ -98,20 +93,10 @@ def _gradients(
     reshape: Reshape = None,
     amp: bool | torch.dtype = False,
 ) -> tuple[Tensor, Tensor]:
-    """``(acts, grads)`` from :func:`camlib.methods.layer_gradients`, with a clear error for a layer
-    whose output does not reach the logits (autograd's own message names no layer)."""
-    _check_x(x)
-    try:
-        acts, grads, _ = layer_gradients(net, x, layer, targets, output, amp=amp, reshape=reshape)
-    except RuntimeError as err:
-        if "not have been used in the graph" not in str(err) and "does not require grad" not in str(err):
-            raise
-        name, _ = resolve_layer(net, layer)
-        raise LayerError(
-            f"Layer {name!r} does not reach the output: the score has no gradient with respect to it. "
-            "Pick a layer the logits depend on (camlib.layer_names(net) lists the feature maps), or a "
-            "gradient-free method: camlib.scorecam, camlib.ablationcam, camlib.eigencam."
-        ) from err
+    """``(acts, grads)`` from :func:`camlib.methods.layer_gradients` (which raises :class:`LayerError` for a
+    layer whose output does not reach the logits), ``x`` checked first."""
+    check_batch(x)
+    acts, grads, _ = layer_gradients(net, x, layer, targets, output, amp=amp, reshape=reshape)
     return acts, grads
 
 
@@ -336,6 +321,7 @@ def scorecam_weights(
     ``amp=True`` runs the masked forwards in reduced precision (:func:`camlib.hooks.logits_fast`;
     the class is chosen and the softmax taken in float32).
     """
+    net = as_module(net)
     with eval_mode(net), torch.no_grad():
         logits = logits_fast(net, x, output=output)
     return _scorecam_weights(net, x, acts, logits, targets, batch_size, progress, align_corners, output, amp)
@@ -398,8 +384,9 @@ def scorecam(
 
     >>> maps = camlib.scorecam(net, x, "layer4", batch_size=64)   # doctest: +SKIP
     """
-    _check_x(x)
+    check_batch(x)
     _check_batch_size(batch_size)
+    net = as_module(net)
     cap, logits = captured(net, x, layer, output)
     _no_tokens(cap, "Score-CAM")
     a = cap.activation
@@ -430,6 +417,7 @@ def ablationcam_weights(
     once per chunk size and dropped if they differ. On the CPU through the folded twin
     (:func:`camlib.hooks.cpu_twin`). The classes are chosen on the model's own logits.
     """
+    net = as_module(net)
     with eval_mode(net), torch.no_grad():
         logits = logits_fast(net, x, output=output)
     return _ablationcam_weights(net, x, layer, acts, logits, targets, batch_size, progress, output)
@@ -569,8 +557,9 @@ def ablationcam(
     forward of the net after the layer per channel (:func:`ablationcam_weights`).
     Note the division by :math:`y^c` (the paper's): a negative logit flips the signs.
     """
-    _check_x(x)
+    check_batch(x)
     _check_batch_size(batch_size)
+    net = as_module(net)
     cap, logits = captured(net, x, layer, output)
     _no_tokens(cap, "Ablation-CAM")
     weights = _ablationcam_weights(net, x, layer, cap.activation, logits, targets, batch_size, progress, output)
@@ -647,7 +636,7 @@ def eigencam(
             "Call camlib.eigencam(net, x, layer) without targets, or use a class-specific method "
             "such as camlib.gradcam(net, x, layer, targets)."
         )
-    _check_x(x)
+    check_batch(x)
     cap, _ = captured(net, x, layer, output)  # the logits: only to check that output= picks them
     acts = cap.activation
     if acts.dim() == 3 or callable(reshape):  # a transformer's tokens: the patch grid (camlib.tokens)

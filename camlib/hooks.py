@@ -31,6 +31,7 @@ __all__ = [
     "logits_of",
     "forward_with_grad_at",
     "as_module",
+    "check_batch",
     "fast_layout",
     "forward_fast",
     "forward_hooked",
@@ -44,6 +45,13 @@ Layer = str | nn.Module
 
 class LayerError(ValueError):
     """A layer name or module that is unknown, or whose output is not a feature map."""
+
+
+def check_batch(x: Any) -> None:
+    """Refuse what is not a batch of images ``(B, C, H, W)``, saying how to make one of a single image."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a batch of images (B, C, H, W), got {got}; for one image use x[None].")
 
 
 def as_module(model: Any) -> nn.Module:
@@ -69,6 +77,7 @@ def resolve_layer(net: nn.Module, layer: Layer) -> tuple[str, nn.Module]:
         LayerError: unknown name (the message lists the nearest names) or a module
             that is not part of ``net``.
     """
+    net = as_module(net)
     if isinstance(layer, str):
         try:  # the common case, without walking the whole net
             return layer, net.get_submodule(layer)
@@ -114,6 +123,7 @@ def eval_mode(net: nn.Module, eval: bool = True) -> Iterator[nn.Module]:
     A net already in eval mode is left alone, and only flags that differ are written back, so
     the usual call costs one walk over the modules.
     """
+    net = as_module(net)
     flags = [(m, m.training) for m in modules(net)]
     try:
         if eval and any(flag for _, flag in flags):

@@ -23,7 +23,17 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .device import amp_dtype, exact
-from .hooks import Layer, as_module, eval_mode, forward_hooked, forward_with_grad_at, logits_of, resolve_layer
+from .hooks import (
+    Layer,
+    LayerError,
+    as_module,
+    check_batch,
+    eval_mode,
+    forward_hooked,
+    forward_with_grad_at,
+    logits_of,
+    resolve_layer,
+)
 from .targets import Targets, check_kind, class_indices, is_many, scores
 from .tokens import Reshape
 from .viz import normalize, upsample
@@ -203,6 +213,7 @@ def _check_head(
 
 def _cam_features(model: Any, x: Tensor, output: Output) -> tuple[Tensor, Tensor, nn.Linear]:
     """(pooled features, logits, fc) for a LoadedModel or a bare net (head found, cached, re-checked)."""
+    check_batch(x)
     if not isinstance(model, nn.Module):
         try:
             return (*pooled_features(model.net, x, model.feature_layer, model.fc, output), model.fc)
@@ -309,6 +320,7 @@ def _then(
     finiteness check is read: one wait for the GPU, at the end, instead of three before the map (on an
     H100 at batch 256 the time did not change measurably; it cannot cost)."""
     net = as_module(net)
+    check_batch(x)
     low = amp_dtype(x.device, amp)
     if low is not None:
         out = _layer_gradients(net, x, layer, targets, output, low, reshape)
@@ -328,6 +340,29 @@ def _layer_gradients(
     output: Output,
     amp: torch.dtype | None,
     reshape: Reshape = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    try:
+        return _gradients_at(net, x, layer, targets, output, amp, reshape)
+    except RuntimeError as err:  # autograd's own message names no layer
+        if "not have been used in the graph" not in str(err) and "does not require grad" not in str(err):
+            raise
+        name, _ = resolve_layer(net, layer)
+        raise LayerError(
+            f"Layer {name!r} does not reach the output: the score has no gradient with respect to it. Pick a layer "
+            "on the path from the input to the logits, or a gradient-free method that does not need one: "
+            "camlib.scorecam or camlib.eigencam (Ablation-CAM gives a zero map there, since zeroing the layer "
+            "changes nothing downstream)."
+        ) from err
+
+
+def _gradients_at(
+    net: nn.Module,
+    x: Tensor,
+    layer: Layer,
+    targets: Targets,
+    output: Output,
+    amp: torch.dtype | None,
+    reshape: Reshape,
 ) -> tuple[Tensor, Tensor, Tensor]:
     with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
         acts, logits = forward_with_grad_at(net, x, layer, output, amp, reshape)
@@ -558,6 +593,7 @@ def guided_backprop(net: nn.Module, x: Tensor, targets: Targets = None, output: 
     >>> gb = camlib.guided_backprop(net, x, targets=281)   # doctest: +SKIP
     """
     net = as_module(net)
+    check_batch(x)
     _check_guidable(net)
     with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
         xg = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)

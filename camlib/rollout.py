@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .hooks import LayerError, as_module, eval_mode
+from .hooks import LayerError, as_module, check_batch, eval_mode
 from .tokens import TokenGrid, _Error, token_grid
 
 __all__ = ["attention_maps", "attention_rollout", "rollout_matrix"]
@@ -130,6 +130,7 @@ def attention_rollout(
     torch.Size([1, 14, 14])
     """
     net = as_module(net)
+    check_batch(x)
     maps, grid = attention_maps(net, x)
     if not 0 <= start_block < len(maps):
         raise ValueError(f"start_block must be in [0, {len(maps)}), got {start_block!r}.")

@@ -382,9 +382,14 @@ def test_gradient_method_on_a_layer_without_gradient(x: Tensor) -> None:
             return self.fc(self.body(inp).mean((2, 3)))
 
     side = Side().double()
-    with pytest.raises(camlib.LayerError, match="does not reach the output.*layer the logits depend on"):
-        camlib.hirescam(side, x, "side")
-    assert not any(m._forward_hooks for m in side.modules())
+    for method in (camlib.hirescam, camlib.gradcam, camlib.gradcam_pp, camlib.layer_gradients):
+        with pytest.raises(camlib.LayerError, match="'side' does not reach the output.*path from the input to the log"):
+            method(side, x, "side")
+        assert not any(m._forward_hooks for m in side.modules())
+    # the advice holds: Score-CAM and Eigen-CAM give a map there, Ablation-CAM (also named) a zero one
+    assert camlib.scorecam(side, x, "side", progress=False).abs().amax() > 0
+    assert camlib.eigencam(side, x, "side").abs().amax() > 0
+    assert camlib.ablationcam(side, x, "side", progress=False).abs().amax() == 0
 
 
 def test_scorecam_refuses_callable_targets(net: nn.Module, x: Tensor) -> None:

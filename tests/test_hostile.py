@@ -292,3 +292,53 @@ def test_load_image_of_a_folder_and_of_a_truncated_jpeg(tmp_path: Path) -> None:
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(OSError, match=re.escape(str(cut))):
         camlib.load_image(cut)
+
+
+# --- 12. one image without its batch axis; what load_model returns, everywhere ---------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes_model():
+    return camlib.load_model("small_gap_shapes")
+
+
+def test_one_image_without_its_batch_axis_gets_a_clear_error(shapes_model) -> None:
+    x = camlib.synthetic.shapes(1, seed=0)[0][0]  # (3, 64, 64)
+    net, q = shapes_model.net, {"progress": False}
+    calls = {
+        "cam": lambda: camlib.cam(shapes_model, x),
+        "gradcam": lambda: camlib.gradcam(net, x, "features"),
+        "gradcam_pp": lambda: camlib.gradcam_pp(net, x, "features"),
+        "layer_gradients": lambda: camlib.layer_gradients(net, x, "features"),
+        "guided_backprop": lambda: camlib.guided_backprop(net, x),
+        "guided_gradcam": lambda: camlib.guided_gradcam(net, x, "features"),
+        "hirescam": lambda: camlib.hirescam(net, x, "features"),
+        "scorecam": lambda: camlib.scorecam(net, x, "features", **q),
+        "ablationcam": lambda: camlib.ablationcam(net, x, "features", **q),
+        "eigencam": lambda: camlib.eigencam(net, x, "features"),
+        "attention_rollout": lambda: camlib.attention_rollout(camlib.load_model("small_vit_shapes"), x),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"got \(3, 64, 64\); for one image use x\[None\]"):
+            call()
+        assert not any(m._forward_hooks for m in net.modules()), name
+
+
+def test_what_load_model_returns_is_taken_wherever_a_net_is(shapes_model) -> None:
+    """The functions that take a network take the LoadedModel too, with the same result as on its .net."""
+    x = camlib.synthetic.shapes(2, seed=0)[0]
+    net, q = shapes_model.net, {"progress": False}
+    maps = camlib.gradcam(net, x, "features")
+    same = {
+        "scorecam": lambda m: camlib.scorecam(m, x, "features", **q),
+        "ablationcam": lambda m: camlib.ablationcam(m, x, "features", **q),
+        "eigencam": lambda m: camlib.eigencam(m, x, "features"),
+        "road": lambda m: camlib.metrics.road(m, x, maps, fractions=(0.2, 0.5), progress=False).probs,
+        "randomization_order": lambda m: camlib.metrics.randomization_order(m),
+        "resolve_layer": lambda m: camlib.hooks.resolve_layer(m, "features")[0],
+        "eval_mode": lambda m: camlib.hooks.eval_mode(m).__enter__() is net,
+        "cascading_randomization": lambda m: [n for n, _ in camlib.metrics.cascading_randomization(m)],
+    }
+    for name, call in same.items():
+        a, b = call(shapes_model), call(net)
+        assert torch.equal(a, b) if isinstance(a, Tensor) else a == b, name

@@ -490,6 +490,7 @@ def randomization_order(net: nn.Module, names: Sequence[str] | None = None) -> l
     EfficientNet: ``classifier, bn2, conv_head, blocks.6, ..., blocks.0, bn1, conv_stem``).
     Pass ``names`` to choose your own groups; they are checked to exist.
     """
+    net = as_module(net)
     modules = dict(net.named_modules())
     if names is not None:
         missing = [n for n in names if n not in modules]
@@ -526,6 +527,7 @@ def cascading_randomization(
     (drawn on the CPU, so every device gets the same ones). BatchNorm running
     statistics are kept: only learned parameters are re-drawn.
     """
+    net = as_module(net)
     order = randomization_order(net, order)
     rnd = copy.deepcopy(net)
     modules = dict(rnd.named_modules())

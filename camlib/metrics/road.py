@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..device import amp_dtype
-from ..hooks import cpu_twin, eval_mode, logits_fast, logits_of
+from ..hooks import as_module, cpu_twin, eval_mode, logits_fast, logits_of
 from ..targets import Targets, class_indices
 from ..viz import upsample
 
@@ -202,6 +202,7 @@ def road(
     x, maps = _check_maps(x, maps)
     low = amp_dtype(x.device, amp)
     b, _, h, w = x.shape
+    net = as_module(net)
     with torch.no_grad(), eval_mode(net):
         idx = class_indices(logits_of(net(x)), targets)
         ranks = road_ranks(maps if order == "morf" else -maps, (h, w))  # 0 = removed first

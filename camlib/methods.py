@@ -408,7 +408,7 @@ def gradcam(
     forward in reduced precision, the map in float32 (see :func:`layer_gradients`).
 
     On a Vision Transformer's block (tokens ``(B, N, C)``) the map is on the patch grid:
-    ``camlib.gradcam(vit, x, "blocks.11")`` is ``(B, 14, 14)`` for timm's ``vit_tiny_patch16_224``;
+    ``camlib.gradcam(vit, x, "blocks.10")`` is ``(B, 14, 14)`` for timm's ``vit_tiny_patch16_224``;
     ``reshape=(h, w)`` or a callable where the grid cannot be inferred (see :func:`layer_gradients`).
     With a class-token head the *last* block's map is all zero (its patch tokens never reach the
     logits: the class token read them inside that block); take the block before, or the last

@@ -51,7 +51,8 @@ class LoadedModel:
         net: the ``nn.Module``, in eval mode, on ``device``.
         classes: class names, ``classes[i]`` for logit ``i``.
         feature_layer: dotted name of the last feature map, the one global average
-            pooling reduces.
+            pooling reduces; for a model without that head (a class-token Vision Transformer), the
+            layer the explorer and ``python -m camlib explain`` take by default.
         fc: the ``nn.Linear`` after global average pooling.
         mean, std: per-channel normalisation applied by :meth:`preprocess` (``None``
             when the net normalises inside).

@@ -9,11 +9,12 @@ shipped ``small_vit_shapes`` has it: with the plain projection the ViT barely le
 shapes in the CNN's training budget (``tools/train_small_vit.py``). The images are normalised inside, as in
 :class:`camlib.smallnet.SmallGapNet`, so it takes ``shapes()`` images in [0, 1] as they come.
 Being timm's class, camlib finds its token grid by itself (``patch_embed.grid_size``,
-``num_prefix_tokens``): ``camlib.gradcam(net, x, "blocks.3")`` is ``(B, 8, 8)``.
+``num_prefix_tokens``): ``camlib.gradcam(net, x, "blocks.2")`` is ``(B, 8, 8)`` (at the last block,
+``blocks.3``, all zero under the class-token head).
 
 >>> model = camlib.load_model("small_vit_shapes")               # doctest: +SKIP
 >>> images, labels, masks = camlib.synthetic.shapes(4, seed=2)  # doctest: +SKIP
->>> camlib.gradcam(model.net, images, "blocks.3").shape         # doctest: +SKIP
+>>> camlib.gradcam(model.net, images, "blocks.2").shape         # doctest: +SKIP
 torch.Size([4, 8, 8])
 """
 
@@ -88,13 +89,16 @@ def load_small_vit_shapes(name: str = "small_vit_shapes") -> LoadedModel:
     """A shipped :class:`SmallViT` trained on ``shapes()`` as a :class:`~camlib.models.LoadedModel`:
     ``"small_vit_shapes"`` (class-token head) or ``"small_vit_avg_shapes"`` (mean of the patch tokens).
 
-    ``feature_layer`` is the last block, ``fc`` the head; ``.extra`` holds the training
-    ``config`` and the per-epoch ``history``.
+    ``fc`` is the head; ``feature_layer``, the layer the explorer and the CLI explain by default, is the
+    last block for the mean-pooled head and the block before it for the class-token head (whose last
+    block's Grad-CAM is zero by construction: its patch tokens never reach the logits). ``.extra``
+    holds the training ``config`` and the per-epoch ``history``.
     """
     from .smallnet import ShapesModel, load_run
 
     run = load_run(name)
     net = run.net
-    model = ShapesModel(name, net, list(CLASSES), f"blocks.{len(net.blocks) - 1}", net.head, None, None, 64)
+    last = len(net.blocks) - 1 if net.global_pool == "avg" else len(net.blocks) - 2
+    model = ShapesModel(name, net, list(CLASSES), f"blocks.{last}", net.head, None, None, 64)
     model.extra.update(history=run.history, config=run.config)
     return model

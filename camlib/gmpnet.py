@@ -3,8 +3,8 @@
 ``SmallGmpNet`` has the same convolutions and linear layer as ``SmallGapNet``; only the
 pooling differs: the score of class :math:`c` is :math:`y^c = \\sum_k w^c_k \\max_{ij} A^k_{ij} + b^c`.
 Its class map :math:`M^c = \\sum_k w^c_k A^k` is built exactly as CAM's, but the score is no
-longer the map's mean: :func:`camlib.cam` finds no spatial map whose mean feeds the linear layer (it falls back to
-the 1 × 1 pooled output); :func:`class_maps` computes the 16 × 16 map.
+longer the map's mean: :func:`camlib.cam` finds no spatial map whose mean feeds the linear layer and raises
+:class:`camlib.CamError`, naming the max pooling; :func:`class_maps` computes the 16 × 16 map.
 Weights trained with :func:`camlib.smallnet.train_run` ship as ``data/small_gmp_shapes.pt``.
 
 >>> run = load_small_gmp_shapes()                                    # doctest: +SKIP

@@ -40,6 +40,9 @@ def normalize(maps: Tensor, eps: float | None = None) -> Tensor:
     float32), so the rounding noise of upsampling a constant map is not stretched to [0, 1].
     A NaN in a map makes that map all NaN; an inf gives NaN where it is.
     """
+    if not isinstance(maps, Tensor) or maps.dim() < 2:
+        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"normalize takes maps (h, w) or (B, h, w), got {got}.")
     flat = maps.flatten(-2)
     flat = flat if flat.is_floating_point() else flat.float()
     lo = flat.min(dim=-1, keepdim=True).values
@@ -103,6 +106,8 @@ def show_maps(
     import matplotlib.pyplot as plt
 
     maps = [maps] if isinstance(maps, Tensor) and maps.dim() == 2 else list(maps)
+    if not maps:
+        raise ValueError("show_maps needs at least one map (h, w) to show beside the image.")
     if titles is not None and len(titles) != len(maps):
         raise ValueError(f"Got {len(titles)} titles for {len(maps)} maps.")
     fig, axes = plt.subplots(1, len(maps) + 1, figsize=(size * (len(maps) + 1), size))

@@ -289,8 +289,8 @@ class Explorer:
             h, w = self.x.shape[-2:]
             raise LayerError(
                 f"Layer(s) {bad} give no spatial feature map for this {h}×{w} input (a vector, a 1×1 map, or "
-                "a module called more than once). camlib.layer_names(model.net, x=explorer_input) lists the "
-                "layers that do; a larger size= may help."
+                "a module called more than once). camlib.layer_names(model.net, x=x), with x the image as the explorer "
+                "feeds it, lists the layers that do; a larger size= may help."
             )
 
     def close(self) -> None:

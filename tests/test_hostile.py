@@ -342,3 +342,15 @@ def test_what_load_model_returns_is_taken_wherever_a_net_is(shapes_model) -> Non
     for name, call in same.items():
         a, b = call(shapes_model), call(net)
         assert torch.equal(a, b) if isinstance(a, Tensor) else a == b, name
+
+
+def test_view_helpers_and_the_fusion_refuse_what_is_not_a_map() -> None:
+    m = torch.rand(2, 7, 7)
+    with pytest.raises(ValueError, match=r"normalize takes maps \(h, w\) or \(B, h, w\), got \(49,\)"):
+        camlib.normalize(m[0].flatten())
+    with pytest.raises(ValueError, match="show_maps needs at least one map"):
+        camlib.show_maps(Image.new("RGB", (32, 32)), [])
+    for bad, got in (([m, m[0]], r"\[\(2, 7, 7\), \(7, 7\)\]"), ([m, torch.rand(3, 14, 14)], r"\(3, 14, 14\)")):
+        with pytest.raises(ValueError, match=rf"fuse_layers takes raw maps \(B, h, w\) of one batch.*{got}"):
+            camlib.family.fuse_layers(bad)
+    assert camlib.family.fuse_layers([m, torch.rand(2, 14, 14)]).shape == (2, 14, 14)

@@ -55,8 +55,10 @@ def full_fp32() -> Iterator[None]:
 
     PyTorch lets cuDNN use TF32 (10-bit mantissa) for float32 convolutions by default
     on Ampere and newer GPUs: fast, but maps then differ from the CPU's by percents
-    (Grad-CAM 3.5 %, guided Grad-CAM 19 %, measured on an H100). camlib's methods run
-    inside this context, so CPU and CUDA agree to ~1e-6; the user's settings are
+    (Grad-CAM 3.5 %, guided Grad-CAM 19 %, measured on an H100). camlib's methods (the
+    functions that make a map, attention rollout included) run inside this context, so CPU
+    and CUDA agree to ~1e-6; the metrics' many forwards do not (``camlib.setup()`` switches
+    TF32 off for a whole session; ``amp=True`` is their fast path). The user's settings are
     restored on exit, even after an exception. No effect on CPU or MPS.
     """
     knobs = _precision_knobs()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .device import exact
 from .hooks import LayerError, as_module, check_batch, eval_mode
 from .tokens import TokenGrid, _Error, token_grid
 
@@ -110,6 +111,7 @@ def rollout_matrix(maps: list[Tensor], head_fusion: str = "mean", discard_ratio:
     return rollout
 
 
+@exact
 def attention_rollout(
     net: nn.Module, x: Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0, start_block: int = 0
 ) -> Tensor:

@@ -32,7 +32,8 @@ def class_indices(logits: Tensor, targets: Targets) -> Tensor:
     if isinstance(targets, bool) or (callable(targets) and not isinstance(targets, Tensor)):
         raise TypeError(
             "targets must be None, an int, or a sequence of ints here (a callable target only works "
-            "with the gradient methods: gradcam, gradcam_pp, guided_backprop, guided_gradcam)."
+            "with the gradient methods: gradcam, gradcam_pp, layer_gradients, hirescam, xgradcam, layercam, "
+            "guided_backprop, guided_gradcam)."
         )
     check_kind(targets)
     # Range checks run where the indices are (the CPU for ints and lists): no wait for the GPU.

@@ -10,8 +10,9 @@ the folding used by every inference engine). On a CPU the batch norm is a separa
 pass over each feature map; without it ResNet-50 and EfficientNet-Lite0 forward in about 0.75×
 the time (2-core AVX2 CPU, channels-last).
 
-:func:`folded` never changes the user's model: it returns a *copy of the module tree* that
-shares every parameter and buffer with the original (no weights are copied). Each folded
+:func:`folded` never changes the user's model: it returns a *twin*, a copy of the modules that hold a
+folded pair (the model and its blocks) which shares every other module, every parameter and every
+buffer with the original (no weights are copied), so a setting changed on the model is seen. Each folded
 convolution computes :math:`s` and the shift from the shared tensors; without autograd it keeps
 these per-channel vectors between calls and recomputes them when a tensor they come from changes
 (its version counter moves), so the copy follows the original's weights.

@@ -342,7 +342,22 @@ def _layer_gradients(
     reshape: Reshape = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     try:
-        return _gradients_at(net, x, layer, targets, output, amp, reshape)
+        with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
+            acts, logits = forward_with_grad_at(net, x, layer, output, amp, reshape)
+            if amp is not None:  # targets and the returned tensors in float32; the model's own dtype otherwise
+                logits = logits.float()
+            if x.shape[0] == 1 and is_many(targets):
+                idx = _many_list(targets, logits)
+                rows = [
+                    torch.autograd.grad(logits[0, c], acts, retain_graph=i < len(idx) - 1)[0] for i, c in enumerate(idx)
+                ]
+                return (
+                    _wide(acts.detach(), amp).expand(len(rows), *acts.shape[1:]),
+                    _wide(torch.cat(rows), amp),
+                    logits.detach(),
+                )
+            (grads,) = torch.autograd.grad(scores(logits, targets).sum(), acts)
+        return _wide(acts.detach(), amp), _wide(grads, amp), logits.detach()
     except RuntimeError as err:  # autograd's own message names no layer
         if "not have been used in the graph" not in str(err) and "does not require grad" not in str(err):
             raise
@@ -353,33 +368,6 @@ def _layer_gradients(
             "camlib.scorecam or camlib.eigencam (Ablation-CAM gives a zero map there, since zeroing the layer "
             "changes nothing downstream)."
         ) from err
-
-
-def _gradients_at(
-    net: nn.Module,
-    x: Tensor,
-    layer: Layer,
-    targets: Targets,
-    output: Output,
-    amp: torch.dtype | None,
-    reshape: Reshape,
-) -> tuple[Tensor, Tensor, Tensor]:
-    with eval_mode(net), torch.inference_mode(False), torch.enable_grad():
-        acts, logits = forward_with_grad_at(net, x, layer, output, amp, reshape)
-        if amp is not None:  # targets and the returned tensors in float32; the model's own dtype otherwise
-            logits = logits.float()
-        if x.shape[0] == 1 and is_many(targets):
-            idx = _many_list(targets, logits)
-            rows = [
-                torch.autograd.grad(logits[0, c], acts, retain_graph=i < len(idx) - 1)[0] for i, c in enumerate(idx)
-            ]
-            return (
-                _wide(acts.detach(), amp).expand(len(rows), *acts.shape[1:]),
-                _wide(torch.cat(rows), amp),
-                logits.detach(),
-            )
-        (grads,) = torch.autograd.grad(scores(logits, targets).sum(), acts)
-    return _wide(acts.detach(), amp), _wide(grads, amp), logits.detach()
 
 
 def _wide(t: Tensor, amp: torch.dtype | None) -> Tensor:

@@ -85,7 +85,7 @@ def test_full_fp32_switches_tf32_off_inside_and_restores_after() -> None:
         conv.fp32_precision, matmul.fp32_precision = saved
 
 
-def test_every_map_method_runs_its_forward_in_full_float32() -> None:
+def test_every_map_method_runs_its_forward_in_full_float32(map_calls) -> None:
     """Each function that makes a map runs the model with TF32 off (what the GPU agreement rests on), whatever the
     user's setting, and restores it: a module inside the model records the setting while it runs."""
     from camlib.device import _precision_knobs
@@ -98,22 +98,7 @@ def test_every_map_method_runs_its_forward_in_full_float32() -> None:
     x = camlib.synthetic.shapes(1, seed=0)[0]
     seen: list[str] = []
     spy = lambda m, i, o: seen.append(knobs[0].fp32_precision)  # noqa: E731
-    q = {"progress": False}
-    calls = {
-        "cam": lambda: camlib.cam(net, x),
-        "gradcam": lambda: camlib.gradcam(net, x, "features"),
-        "gradcam_pp": lambda: camlib.gradcam_pp(net, x, "features"),
-        "layer_gradients": lambda: camlib.layer_gradients(net, x, "features"),
-        "guided_backprop": lambda: camlib.guided_backprop(net, x),
-        "guided_gradcam": lambda: camlib.guided_gradcam(net, x, "features"),
-        "hirescam": lambda: camlib.hirescam(net, x, "features"),
-        "xgradcam": lambda: camlib.xgradcam(net, x, "features"),
-        "layercam": lambda: camlib.layercam(net, x, "features"),
-        "scorecam": lambda: camlib.scorecam(net, x, "features", **q),
-        "ablationcam": lambda: camlib.ablationcam(net, x, "features", **q),
-        "eigencam": lambda: camlib.eigencam(net, x, "features"),
-        "attention_rollout": lambda: camlib.attention_rollout(vit, x),
-    }
+    calls = map_calls(net, x, vit)
     saved = [k.fp32_precision for k in knobs]
     try:
         for k in knobs:

@@ -302,22 +302,10 @@ def shapes_model():
     return camlib.load_model("small_gap_shapes")
 
 
-def test_one_image_without_its_batch_axis_gets_a_clear_error(shapes_model) -> None:
+def test_one_image_without_its_batch_axis_gets_a_clear_error(shapes_model, map_calls) -> None:
     x = camlib.synthetic.shapes(1, seed=0)[0][0]  # (3, 64, 64)
-    net, q = shapes_model.net, {"progress": False}
-    calls = {
-        "cam": lambda: camlib.cam(shapes_model, x),
-        "gradcam": lambda: camlib.gradcam(net, x, "features"),
-        "gradcam_pp": lambda: camlib.gradcam_pp(net, x, "features"),
-        "layer_gradients": lambda: camlib.layer_gradients(net, x, "features"),
-        "guided_backprop": lambda: camlib.guided_backprop(net, x),
-        "guided_gradcam": lambda: camlib.guided_gradcam(net, x, "features"),
-        "hirescam": lambda: camlib.hirescam(net, x, "features"),
-        "scorecam": lambda: camlib.scorecam(net, x, "features", **q),
-        "ablationcam": lambda: camlib.ablationcam(net, x, "features", **q),
-        "eigencam": lambda: camlib.eigencam(net, x, "features"),
-        "attention_rollout": lambda: camlib.attention_rollout(camlib.load_model("small_vit_shapes"), x),
-    }
+    net = shapes_model.net
+    calls = map_calls(shapes_model, x, camlib.load_model("small_vit_shapes"))
     for name, call in calls.items():
         with pytest.raises(ValueError, match=r"got \(3, 64, 64\); for one image use x\[None\]"):
             call()

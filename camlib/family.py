@@ -49,6 +49,7 @@ from .hooks import (
     eval_mode,
     fast_layout,
     forward_fast,
+    hooked_modules,
     logits_fast,
     logits_of,
     modules,
@@ -93,9 +94,8 @@ def _gradients(
     reshape: Reshape = None,
     amp: bool | torch.dtype = False,
 ) -> tuple[Tensor, Tensor]:
-    """``(acts, grads)`` from :func:`camlib.methods.layer_gradients` (which raises :class:`LayerError` for a
-    layer whose output does not reach the logits), ``x`` checked first."""
-    check_batch(x)
+    """``(acts, grads)`` from :func:`camlib.methods.layer_gradients` (which checks ``x`` and raises
+    :class:`LayerError` for a layer whose output does not reach the logits)."""
     acts, grads, _ = layer_gradients(net, x, layer, targets, output, amp=amp, reshape=reshape)
     return acts, grads
 
@@ -534,9 +534,7 @@ def _swapped(net: nn.Module, model: nn.Module, name: str, x: Tensor, output: Out
             out = whole(b, a)
         return out
 
-    handles = [net.get_submodule(name).register_forward_hook(hook)]
-    if model is not net and model.get_submodule(name) is not net.get_submodule(name):  # a copied module
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    handles = [m.register_forward_hook(hook) for m in hooked_modules(net, model, name)]
     try:
         yield after
     finally:

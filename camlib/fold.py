@@ -309,9 +309,9 @@ def _packed(fc: _FoldedConv, x: Tensor, scaled: bool) -> Tensor | None:
     reorder = _mkldnn("_reorder_convolution_weight")
     if reorder is None or torch.is_grad_enabled() or torch.is_inference_mode_enabled() or (scaled and made is None):
         return None
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
     geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)
-    key = (weight._version, weight.data_ptr(), tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last))
-    key = (*key, made, geometry)
+    key = (weight._version, weight.data_ptr(), tuple(x.shape), channels_last, made, geometry)
     kept = _PACKED.setdefault(weight, {})
     if scaled not in kept or kept[scaled][0] != key:
         w = weight * fc._kept[1][0].reshape(-1, 1, 1, 1) if scaled else weight
@@ -410,8 +410,9 @@ def folded(net: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     if pairs:
         names = sorted({".".join(n.split(".")[:i]) for pair in pairs for n in pair for i in range(n.count(".") + 1)})
         copied = [net.get_submodule(a) for a in names]
+        copied_ids = {id(m) for m in copied}
         shared = {id(t): t for t in itertools.chain(net.parameters(), net.buffers())}
-        shared.update((id(m), m) for m in net.modules() if not any(m is c for c in copied))
+        shared.update((id(m), m) for m in net.modules() if id(m) not in copied_ids)
         twin = copy.deepcopy(net, memo=shared)
         for conv_name, bn_name in pairs:
             conv, bn = twin.get_submodule(conv_name), twin.get_submodule(bn_name)

@@ -35,6 +35,7 @@ __all__ = [
     "fast_layout",
     "forward_fast",
     "forward_hooked",
+    "hooked_modules",
     "captured",
     "logits_fast",
     "cpu_twin",
@@ -378,6 +379,14 @@ def forward_fast(
     raise AssertionError("unreachable: the last model's errors propagate")
 
 
+def hooked_modules(net: nn.Module, twin: nn.Module, name: str) -> list[nn.Module]:
+    """Layer ``name`` of ``net``, and of its twin (:func:`cpu_twin`) where the twin has a copy of it: a hook
+    goes on each, once (the twin shares the modules it does not fold)."""
+    own = net.get_submodule(name)
+    other = twin.get_submodule(name)
+    return [own] if other is own else [own, other]
+
+
 def forward_hooked(
     net: nn.Module,
     x: Tensor,
@@ -393,10 +402,7 @@ def forward_hooked(
     handles = []
     try:
         for name, hook in hooks.items():
-            own = net.get_submodule(name)
-            handles.append(own.register_forward_hook(hook))
-            if twin is not net and twin.get_submodule(name) is not own:  # the twin shares what it does not fold
-                handles.append(twin.get_submodule(name).register_forward_hook(hook))
+            handles += [m.register_forward_hook(hook) for m in hooked_modules(net, twin, name)]
         return forward_fast(net, x, before_retry=before_retry, twin=twin)
     finally:
         for handle in handles:

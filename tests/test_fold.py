@@ -42,8 +42,13 @@ def resnet18() -> nn.Module:
 
 @pytest.fixture
 def unfolded(monkeypatch: pytest.MonkeyPatch):
-    def use() -> None:
-        monkeypatch.setattr(hooks, "cpu_twin", lambda net, x, keep=(), amp=None: net)
+    def use() -> None:  # at the source: family and metrics.road import cpu_twin by name, fold.folded reaches them all
+        monkeypatch.setattr(fold, "folded", lambda net, keep=(): net)
+
+        def no_twin(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a folded convolution ran in the unfolded reference")
+
+        monkeypatch.setattr(fold._FoldedConv, "forward", no_twin)
 
     return use
 
@@ -86,7 +91,7 @@ def test_the_twin_computes_what_the_model_computes(which, resnet18, real_model, 
     assert twin is not net
     with torch.no_grad():
         ref = net(x)
-        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        for inp in (x.contiguous(), x.contiguous(memory_format=torch.channels_last)):  # chelsea_x is channels-last
             assert _rel(twin(inp), ref) < 1e-5
 
 
@@ -327,7 +332,8 @@ def _counted() -> _Counted:
 _FORWARD_ONLY = {  # one forward of x for the activations and the classes, then the method's own forwards
     "cam": lambda net, x: camlib.cam(net, x, [0, 3]),
     "scorecam": lambda net, x: camlib.scorecam(net, x, "body.5", [0, 3], batch_size=64, progress=False),
-    "ablationcam": lambda net, x: camlib.ablationcam(net, x, "body.5", [0, 3], batch_size=64, progress=False),
+    # body.2: a conv + batch norm after the layer, so the ablated forwards' twin is compared too
+    "ablationcam": lambda net, x: camlib.ablationcam(net, x, "body.2", [0, 3], batch_size=64, progress=False),
     "eigencam": lambda net, x: camlib.eigencam(net, x, "body.5"),
 }
 

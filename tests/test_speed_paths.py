@@ -1,7 +1,7 @@
 """The fast paths give the same maps: channels-last CPU batches, amp= reduced precision, fewer writes.
 
 Reference maps come from the same functions with the channels-last step switched off
-(``fast_layout`` replaced by the identity), i.e. camlib as it ran before the fast path.
+(``fast_layout`` replaced by the identity) on a contiguous batch, i.e. camlib as it ran before the fast path.
 """
 
 from __future__ import annotations
@@ -23,9 +23,21 @@ EGYPTIAN_CAT = 285
 @pytest.fixture
 def contiguous_only(monkeypatch: pytest.MonkeyPatch):
     def use() -> None:
-        monkeypatch.setattr(hooks, "fast_layout", lambda x: x)
+        def identity(x: torch.Tensor) -> torch.Tensor:
+            assert x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+            return x
+
+        monkeypatch.setattr(hooks, "fast_layout", identity)
 
     return use
+
+
+@pytest.fixture
+def contiguous_x(chelsea_x: torch.Tensor) -> torch.Tensor:
+    """The photo as a plain contiguous batch (``preprocess`` returns it channels-last already)."""
+    x = chelsea_x.contiguous()
+    assert not x.is_contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -33,21 +45,23 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize(("method", "layer"), [("gradcam", "bn2"), ("gradcam", "blocks.4"), ("gradcam_pp", "bn2")])
-def test_channels_last_maps_equal_the_contiguous_ones(real_model, chelsea_x, contiguous_only, method, layer):
-    fast = getattr(camlib, method)(real_model.net, chelsea_x, layer, EGYPTIAN_CAT)
+def test_channels_last_maps_equal_the_contiguous_ones(real_model, contiguous_x, contiguous_only, method, layer):
+    fast = getattr(camlib, method)(real_model.net, contiguous_x, layer, EGYPTIAN_CAT)
     contiguous_only()
-    ref = getattr(camlib, method)(real_model.net, chelsea_x, layer, EGYPTIAN_CAT)
-    assert _rel(fast, ref) < 1e-4  # measured ~1e-5: the same sums in another order
+    ref = getattr(camlib, method)(real_model.net, contiguous_x, layer, EGYPTIAN_CAT)
+    assert _rel(fast, ref) < 1e-4  # the same sums in another order
 
 
-def test_channels_last_cam_equals_the_contiguous_one(real_model, chelsea_x, contiguous_only):
-    fast = camlib.cam(real_model, chelsea_x)
+def test_channels_last_cam_equals_the_contiguous_one(real_model, contiguous_x, contiguous_only):
+    fast = camlib.cam(real_model, contiguous_x)
     contiguous_only()
-    torch.testing.assert_close(fast, camlib.cam(real_model, chelsea_x), rtol=1e-4, atol=1e-4 * fast.abs().max().item())
+    ref = camlib.cam(real_model, contiguous_x)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4 * fast.abs().max().item())
 
 
-def test_the_users_input_and_model_are_untouched(real_model, chelsea_x):
-    x = chelsea_x.clone()
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
+def test_the_users_input_and_model_are_untouched(real_model, chelsea_x, layout):
+    x = chelsea_x.contiguous(memory_format=layout).clone(memory_format=torch.preserve_format)
     stride = x.stride()
     before = {n: (p.data_ptr(), p.stride()) for n, p in real_model.net.named_parameters()}
     camlib.gradcam(real_model.net, x, "bn2")

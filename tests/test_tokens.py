@@ -172,8 +172,12 @@ def test_square_token_count_without_prefix_is_inferred():
     assert camlib.gradcam(net, x, "block").shape == (1, 6, 6)
 
 
-def reference_rollout(net: nn.Module, x: Tensor, mean_rows: bool = False) -> Tensor:
-    """timm's own attention matrices (fused kernel off, on a copy) taken at attn_drop, rolled out by hand."""
+def reference_rollout(
+    net: nn.Module, x: Tensor, mean_rows: bool = False, fusion: str = "mean", discard: float = 0.0, start: int = 0
+) -> Tensor:
+    """timm's own attention matrices (fused kernel off, on a copy) taken at attn_drop, rolled out by hand:
+    from block ``start``, heads fused by ``fusion``, and per image the ``discard`` fraction of the smallest
+    weights set to 0 except in the class token's column (one image at a time, by a full sort)."""
     net = copy.deepcopy(net)
     atts = []
     for b in net.blocks:
@@ -183,10 +187,15 @@ def reference_rollout(net: nn.Module, x: Tensor, mean_rows: bool = False) -> Ten
         net(x)
     n = atts[0].shape[-1]
     r = torch.eye(n).expand(x.shape[0], n, n)
-    for a in atts:
-        a = a.mean(1) + torch.eye(n)
-        r = (a / a.sum(-1, keepdim=True)) @ r
     p = net.num_prefix_tokens
+    for a in atts[start:]:
+        a = {"mean": a.mean(1), "max": a.amax(1), "min": a.amin(1)}[fusion]
+        for image in a if discard else []:
+            flat = image.view(-1)  # a view: the zeros land in a
+            smallest = flat.argsort()[: int(flat.numel() * discard)]
+            flat[smallest[smallest % n >= p]] = 0
+        a = a + torch.eye(n)
+        r = (a / a.sum(-1, keepdim=True)) @ r
     rows = r[:, p:, p:].mean(1) if mean_rows else r[:, 0, p:]
     side = int((n - p) ** 0.5)
     return rows.reshape(-1, side, side)
@@ -198,7 +207,12 @@ def test_attention_rollout_matches_timms_unfused_attention(vit, x):
     assert out.shape == (2, 14, 14)
     torch.testing.assert_close(out, reference_rollout(vit, x), rtol=1e-4, atol=1e-7)
     assert [b.attn.fused_attn for b in vit.blocks] == fused
-    assert camlib.attention_rollout(vit, x, head_fusion="max", discard_ratio=0.9, start_block=4).shape == (2, 14, 14)
+    options = [("max", 0.0, 0), ("min", 0.0, 0), ("mean", 0.9, 0), ("mean", 0.0, 4), ("max", 0.9, 4)]
+    for fusion, discard, start in options:
+        other = camlib.attention_rollout(vit, x, head_fusion=fusion, discard_ratio=discard, start_block=start)
+        ref = reference_rollout(vit, x, fusion=fusion, discard=discard, start=start)
+        torch.testing.assert_close(other, ref, rtol=1e-4, atol=1e-7)
+        assert (other - out).abs().max() > 1e-3 * out.abs().max()  # each option changes the map
     with pytest.raises(ValueError, match="head_fusion"):
         camlib.attention_rollout(vit, x, head_fusion="median")
 

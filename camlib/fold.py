@@ -49,6 +49,7 @@ import copy
 import functools
 import itertools
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,8 @@ def fold_pairs(net: nn.Module) -> list[tuple[str, str]]:
     pairs = []
     for name, parent in net.named_modules():
         prefix = f"{name}." if name else ""
+        if "forward" in vars(parent):  # a forward set on the instance (an ablation): its wiring is not known
+            continue
         if type(parent) is nn.Sequential:
             kids = list(parent.named_children())
             candidates = [(a, b) for (a, _), (b, _) in itertools.pairwise(kids)]
@@ -123,8 +126,17 @@ def fold_pairs(net: nn.Module) -> list[tuple[str, str]]:
 
 
 _MKLDNN = torch.backends.mkldnn.is_available()
-# activations oneDNN applies as a post-op of the convolution, with the same result: attr, scalars
-_POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
+# activations oneDNN applies as a post-op of the convolution, with the same result: (attr, scalars) of the module
+_POST_OPS: dict[type[nn.Module], Callable[[nn.Module], tuple[str, list[float]]]] = {
+    nn.ReLU: lambda act: ("relu", []),
+    nn.ReLU6: lambda act: ("hardtanh", [float(act.min_val), float(act.max_val)]),  # read per call: they can change
+}
+
+
+def _post_op(act: nn.Module | None) -> tuple[str | None, list[float]]:
+    """oneDNN's post-op for ``act`` (:data:`_POST_OPS`), ``(None, [])`` for none."""
+    make = _POST_OPS.get(type(act))
+    return (None, []) if make is None else make(act)
 
 
 def _fast(conv: nn.Conv2d, x: Tensor) -> bool:
@@ -143,12 +155,16 @@ def _fast(conv: nn.Conv2d, x: Tensor) -> bool:
     )
 
 
+def _out_size(conv: nn.Conv2d, x: Tensor) -> list[int]:
+    """The output's height and width of ``conv`` on ``x`` ``(B, C, H, W)`` (numeric padding)."""
+    sizes = zip(x.shape[-2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True)
+    return [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in sizes]
+
+
 def _out_pixels(conv: nn.Conv2d, x: Tensor) -> int:
     """The number of output pixels of ``conv`` on ``x`` ``(B, C, H, W)``."""
-    n = 1
-    for size, k, s, p, d in zip(x.shape[-2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True):
-        n *= (size + 2 * p - d * (k - 1) - 1) // s + 1
-    return n
+    h, w = _out_size(conv, x)
+    return h * w
 
 
 @functools.cache
@@ -187,44 +203,44 @@ class _FoldedConv(nn.Module):
         self.act: nn.Module | None = None
         self.tracked = True  # remember the output for the batch norm's wiring check
         self.last: Tensor | None = None
-        self._kept: tuple[tuple, tuple[Tensor, Tensor, Tensor | None]] | None = None
+        # ((eps, the values the scale and shift come from), (scale, shift, shift / scale)), see _affine
+        self._kept: tuple[tuple[float, Tensor], tuple[Tensor, Tensor, Tensor | None]] | None = None
 
     def forward(self, x: Tensor, other: Tensor | None = None) -> Tensor:
         return self._seen(self._compute(x, other))
 
     def _affine(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(s, shift, shift / s)`` of the folded pair; the last is ``None`` where it is not finite or off the CPU.
+        r"""``(s, shift, shift / s)`` of the folded pair; the last is ``None`` where it is not finite or off the CPU.
 
-        Without autograd they are kept between calls (a few per-channel vectors) and recomputed when
-        a tensor they come from is replaced, changed in place (its version counter moves) or given
-        new storage (``net.double()`` swaps ``.data`` without moving the counter), and after a
-        training-mode forward of the batch norm (its ``num_batches_tracked`` moves). Like autograd,
-        this does not see an in-place change made through ``.data`` (``w.data.mul_(2)``): change the
-        tensor itself under ``torch.no_grad()``, as ``torch.nn.init`` and the optimizers do.
+        On the CPU without autograd they are kept between calls (a few per-channel vectors) with a
+        copy of the values they come from (:math:`\gamma, \beta, \mu, \sigma^2`, the convolution's
+        bias, :math:`\epsilon`), compared on each call: any change is seen, also one that moves no
+        version counter (a write through ``.data``, a fused optimizer's step, a training-mode forward's
+        statistics). On CUDA they are computed on each call (a comparison would wait for the GPU).
         """
         conv, bn = self.conv, self.bn
-        # num_batches_tracked: a training-mode forward updates the running statistics inside the batch
-        # norm's kernel, which moves no version counter, but it counts the batch in place, which does
-        sources = (bn.weight, bn.bias, bn.running_mean, bn.running_var, conv.bias, bn.num_batches_tracked)
-        reuse = not torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-        key = (bn.eps, *((id(t), t._version, t.data_ptr()) for t in sources if t is not None)) if reuse else None
-        if key is not None and self._kept is not None and self._kept[0] == key:
-            return self._kept[1]
+        reuse = bn.weight.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        sources = (bn.weight, bn.bias, bn.running_mean, bn.running_var, conv.bias)
+        values = torch.cat([t.reshape(-1) for t in sources if t is not None]) if reuse else None
+        kept = self._kept
+        if values is not None and kept is not None and kept[0][0] == bn.eps and torch.equal(kept[0][1], values):
+            return kept[1]
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
         if conv.bias is not None:
             shift = shift + conv.bias * scale
         ratio = shift / scale if scale.device.type == "cpu" else None  # for oneDNN's post-op only (no GPU sync)
         affine = (scale, shift, ratio if ratio is not None and bool(ratio.isfinite().all()) else None)
-        self._kept = None if key is None else (key, affine)
+        self._kept = None if values is None else ((bn.eps, values), affine)
         return affine
 
     def _compute(self, x: Tensor, other: Tensor | None) -> Tensor:
         conv = self.conv
+        self._check(x, other)
         scale, shift, ratio = self._affine()
         fast = _fast(conv, x)
         args = (conv.padding, conv.stride, conv.dilation, conv.groups)
-        attr, scalars = _POST_OPS.get(type(self.act), (None, []))
+        attr, scalars = _post_op(self.act)
         fused = _mkldnn("_convolution_pointwise") if fast and (other is None or other.dtype == x.dtype) else None
         if fused is not None and other is None and attr in (None, "relu"):  # oneDNN fuses binary + these only
             # s ⊙ (W * x + shift / s): the scale as oneDNN's per-channel post-op, no scaled copy of the weights
@@ -256,6 +272,19 @@ class _FoldedConv(nn.Module):
             out = out + other
         return self.act(out) if self.act is not None else out
 
+    def _check(self, x: Tensor, other: Tensor | None) -> None:
+        """Raise :class:`FoldMismatch` (camlib then runs the model, which gives its own error or result)
+        where the folded path cannot stand in for the model: an input the convolution would refuse
+        (channels, dtype), a padding mode set after the twin was made, or a residual that does not
+        match the output (the fused sum does not check it)."""
+        conv = self.conv
+        mixed = x.dtype != conv.weight.dtype and not torch.is_autocast_enabled(x.device.type)
+        if x.dim() != 4 or x.shape[1] != conv.in_channels or mixed or conv.padding_mode != "zeros":
+            raise FoldMismatch(f"the folded convolution cannot take this input ({tuple(x.shape)}, {x.dtype})")
+        if other is not None and isinstance(conv.padding, tuple):
+            if tuple(other.shape) != (x.shape[0], conv.out_channels, *_out_size(conv, x)):
+                raise FoldMismatch(f"a residual {tuple(other.shape)} does not match the convolution's output")
+
     def _cuda(self, x: Tensor, other: Tensor | None, scale: Tensor, shift: Tensor) -> Tensor:
         """On CUDA without autograd. Before a ReLU: the scaled weights written once per call in the
         input's dtype and layout (autocast's under autocast), then cuDNN's fused convolution + bias
@@ -285,7 +314,7 @@ class _FoldedConv(nn.Module):
         return out
 
 
-# a convolution weight -> {scaled: (what the packed copy was made from, the packed copy)}; weak on the weight
+# a convolution weight -> {scaled: (key, the scale it was made with or None, the packed copy)}; weak on the weight
 _PACKED: torch.utils.weak.WeakIdKeyDictionary = torch.utils.weak.WeakIdKeyDictionary()
 
 
@@ -300,23 +329,29 @@ def _packed(fc: _FoldedConv, x: Tensor, scaled: bool) -> Tensor | None:
     depends on the batch's shape: a 3×3 512 → 512 convolution packed for another shape took 7–60× as
     long. Kept like the scale and shift (without autograd, outside inference mode), one copy per
     weight tensor however many twins share it, dropped with the weight or by :func:`forget`, and
-    made again when the weight, the scale's sources (:meth:`_FoldedConv._affine`), the batch's shape
-    or layout, or the convolution's stride, padding, dilation or groups change. ``None`` where it
-    cannot be kept (the caller then passes the weights as before).
+    made again when the scale (:meth:`_FoldedConv._affine`), the batch's shape or layout, or the
+    convolution's stride, padding, dilation or groups change, and when the weight does: it is
+    replaced, its version counter moves, or the sum of its values changes. The sum (one read of the
+    weights per call, ~9 ms for ResNet-50's 23 M on this CPU) sees the edits that move no counter, a
+    fused optimizer's step or a write through ``.data`` (pruning: ``w.data *= mask``); an edit that
+    keeps the sum to the last bit (two weights swapped in place through ``.data``) is not seen:
+    call :func:`forget` after one. ``None`` where it cannot be kept (the caller then passes the
+    weights as before).
     """
     conv, weight = fc.conv, fc.conv.weight
-    made = fc._kept[0] if scaled and fc._kept is not None else None  # the scale's sources, when kept
     reorder = _mkldnn("_reorder_convolution_weight")
-    if reorder is None or torch.is_grad_enabled() or torch.is_inference_mode_enabled() or (scaled and made is None):
+    if reorder is None or torch.is_grad_enabled() or torch.is_inference_mode_enabled() or (scaled and fc._kept is None):
         return None
+    scale = fc._kept[1][0] if scaled else None
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)
-    key = (weight._version, weight.data_ptr(), tuple(x.shape), channels_last, made, geometry)
+    key = (weight._version, weight.data_ptr(), float(weight.sum()), tuple(x.shape), channels_last, geometry)
     kept = _PACKED.setdefault(weight, {})
-    if scaled not in kept or kept[scaled][0] != key:
-        w = weight * fc._kept[1][0].reshape(-1, 1, 1, 1) if scaled else weight
-        kept[scaled] = (key, reorder(w, conv.padding, conv.stride, conv.dilation, conv.groups, list(x.shape)))
-    return kept[scaled][1]
+    old = kept.get(scaled)
+    if old is None or old[0] != key or (scale is not None and not torch.equal(old[1], scale)):
+        w = weight * scale.reshape(-1, 1, 1, 1) if scale is not None else weight
+        kept[scaled] = (key, scale, reorder(w, conv.padding, conv.stride, conv.dilation, conv.groups, list(x.shape)))
+    return kept[scaled][2]
 
 
 class _FoldedBN(nn.Module):
@@ -342,9 +377,9 @@ class _FoldedBN(nn.Module):
 
 
 def _state(net: nn.Module) -> tuple | None:
-    """What a twin depends on, in one walk over the modules: their identities and those of their
-    parameters and buffers (not their values); ``None`` when a module is in training mode or
-    carries a hook (a twin cannot be used then)."""
+    """What a twin depends on, in one walk over the modules: their identities, a ``forward`` set on an
+    instance, and the identities of their parameters and buffers (not their values); ``None`` when a
+    module is in training mode or carries a hook (a twin cannot be used then)."""
     from .hooks import modules
 
     state: list[int] = []
@@ -352,6 +387,7 @@ def _state(net: nn.Module) -> tuple | None:
         if m.training or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
             return None
         state.append(id(m))
+        state.append(id(m.__dict__.get("forward")))  # a forward set on the instance: the wiring changed
         state.extend(map(id, m._parameters.values()))  # None (no bias) counts as one more id
         state.extend(map(id, m._buffers.values()))
     return tuple(state)
@@ -441,7 +477,7 @@ def _fuse_activations(twin: nn.Module, keep: tuple[str, ...]) -> None:
             bn.source[0].act, bn.act, bn.drop = bn.act, None, None  # timm's BatchNormAct2d
     for name, parent in list(twin.named_modules()):
         prefix = f"{name}." if name else ""
-        if type(parent) is nn.Sequential:
+        if type(parent) is nn.Sequential and "forward" not in vars(parent):
             kids = list(parent.named_children())
             for (_, conv), (bn_name, bn), (act_name, act) in zip(kids, kids[1:], kids[2:], strict=False):
                 if (
@@ -455,7 +491,11 @@ def _fuse_activations(twin: nn.Module, keep: tuple[str, ...]) -> None:
                 ):
                     conv.act = act
                     setattr(parent, act_name, nn.Identity())
-        elif type(parent).__name__ in _RES_BLOCKS and type(parent).__module__ == "torchvision.models.resnet":
+        elif (
+            type(parent).__name__ in _RES_BLOCKS
+            and type(parent).__module__ == "torchvision.models.resnet"
+            and "forward" not in vars(parent)
+        ):
             n = _RES_BLOCKS[type(parent).__name__]
             convs = [getattr(parent, f"conv{i}", None) for i in range(1, n + 1)]
             known = (

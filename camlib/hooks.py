@@ -49,10 +49,26 @@ class LayerError(ValueError):
 
 
 def check_batch(x: Any) -> None:
-    """Refuse what is not a batch of images ``(B, C, H, W)``, saying how to make one of a single image."""
+    """Refuse what is not a batch of images ``(B, C, H, W)``, saying how to make one of a single image.
+
+    Also an empty batch, integer pixels (a ``uint8`` image not yet preprocessed) and, on the CPU, NaN
+    or infinite values: a map of them means nothing, and camlib's folded twin would not even give the
+    model's NaN (oneDNN's fused ReLU turns NaN into 0). On a GPU the values are not checked, which
+    would make every call wait for it.
+    """
     if not isinstance(x, Tensor) or x.dim() != 4:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x must be a batch of images (B, C, H, W), got {got}; for one image use x[None].")
+    if x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch {tuple(x.shape)}: give at least one image.")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"x holds {x.dtype} values: the model takes a float batch, normalised as in training. "
+            "Build it with model.preprocess(image) (camlib.load_model), or x.float() / 255 and your normalisation."
+        )
+    if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"x has NaN or infinite values (image {bad[0]} of {x.shape[0]}, {len(bad)} in all).")
 
 
 def as_module(model: Any) -> nn.Module:
@@ -415,16 +431,29 @@ def captured(
     """``(capture, logits)`` of one forward of ``x`` without gradients, in eval mode (flags restored):
     what :func:`capture` records around ``net(x)``, but through :func:`forward_hooked` (on the CPU the
     folded twin, channels-last: the same values to float rounding; Eigen-CAM's call took 0.8× the time of
-    a plain forward on EfficientNet-Lite0 and ResNet-50, ``benchmarks/bench_cam.py``)."""
+    a plain forward on EfficientNet-Lite0 and ResNet-50, ``benchmarks/bench_cam.py``).
+
+    Raises:
+        LayerError: as :func:`forward_with_grad_at`: the layer's output is neither a feature map
+            ``(B, C, h, w)`` with ``h * w > 1`` nor tokens ``(B, N, C)``, or the layer runs twice or never.
+    """
     net = as_module(net)
     name, module = resolve_layer(net, layer)
     cap = Capture(name, module)
 
-    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-        cap.activation = out.detach().clone() if isinstance(out, Tensor) else out  # see capture
+    def hook(_mod: nn.Module, inp: Any, out: Any) -> None:  # the checks of the gradient methods' hook
+        if _shrunk_to_one(module, inp, out):
+            raise _too_small(name, x)
+        if not (isinstance(out, Tensor) and _is_tokens(out)):
+            _check_map(net, name, out)
+        if cap.activation is not None:
+            raise _twice(name)
+        cap.activation = out.detach().clone()  # see capture
 
     with eval_mode(net), torch.no_grad():
         out = forward_hooked(net, x, {name: hook}, before_retry=lambda: setattr(cap, "activation", None))
+    if cap.activation is None:
+        raise _not_called(name)
     return cap, logits_of(out, output)
 
 
@@ -493,28 +522,12 @@ def forward_with_grad_at(
 
     def hook(_mod: nn.Module, inp: Any, out: Any) -> Tensor:
         if _shrunk_to_one(module, inp, out):
-            raise LayerError(
-                f"Layer {name!r} outputs a 1×1 map for this {x.shape[-2]}×{x.shape[-1]} input: the input is "
-                "too small for a map at this layer. Give a larger input (e.g. the 224×224 the net was "
-                "trained on) or an earlier layer; camlib.layer_names(net, x=x) lists those with a map."
-            )
-        if isinstance(out, Tensor) and (callable(reshape) or (out.dim() == 3 and out.shape[1] > 1)):
+            raise _too_small(name, x)
+        if isinstance(out, Tensor) and (callable(reshape) or _is_tokens(out)):
             return _tokens_leaf(net, name, module, out, x, reshape, store)
-        attention = _attention_of(net, name) if isinstance(out, Tensor) and out.dim() == 4 else None
-        if attention is not None:
-            raise LayerError(
-                f"Layer {name!r} sits inside the attention {attention!r}: its output {tuple(out.shape)} is per "
-                "head (B, heads, tokens, width), not a feature map. Take the block's output or its norm1 "
-                f"(tokens), e.g. {attention.rsplit('.', 1)[0]!r}; camlib.layer_names(net, x=x) lists them."
-            )
-        if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1):
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise LayerError(
-                f"Layer {name!r} outputs {shape}, not a spatial feature map (B, C, h, w) with h * w > 1. "
-                "Pick a convolutional layer before global pooling; camlib.layer_names(net) lists them."
-            )
+        _check_map(net, name, out)
         if "A" in store:
-            raise LayerError(f"Layer {name!r} runs more than once per forward; pick a layer used once.")
+            raise _twice(name)
         store["A"] = out.detach().requires_grad_(True)
         torch.set_grad_enabled(True)  # the rest of the forward builds a graph from A
         return store["A"].clone()
@@ -529,8 +542,46 @@ def forward_with_grad_at(
     with torch.inference_mode(False), torch.no_grad(), autocast:
         out = forward_hooked(net, x, {name: hook}, before_retry=reset)
     if "A" not in store:
-        raise LayerError(f"Layer {name!r} was not called in the forward pass; pick a layer the model uses.")
+        raise _not_called(name)
     return store["A"], logits_of(out, output)
+
+
+def _is_tokens(out: Tensor) -> bool:
+    """A token output ``(B, N, C)`` with more than one token."""
+    return out.dim() == 3 and out.shape[1] > 1
+
+
+def _check_map(net: nn.Module, name: str, out: Any) -> None:
+    """Refuse a layer output that is not a spatial feature map ``(B, C, h, w)`` with ``h * w > 1``."""
+    attention = _attention_of(net, name) if isinstance(out, Tensor) and out.dim() == 4 else None
+    if attention is not None:
+        raise LayerError(
+            f"Layer {name!r} sits inside the attention {attention!r}: its output {tuple(out.shape)} is per "
+            "head (B, heads, tokens, width), not a feature map. Take the block's output or its norm1 "
+            f"(tokens), e.g. {attention.rsplit('.', 1)[0]!r}; camlib.layer_names(net, x=x) lists them."
+        )
+    if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise LayerError(
+            f"Layer {name!r} outputs {shape}, not a spatial feature map (B, C, h, w) with h * w > 1. "
+            "Pick a convolutional layer before global pooling; camlib.layer_names(net) lists them."
+        )
+
+
+def _too_small(name: str, x: Tensor) -> LayerError:
+    return LayerError(
+        f"Layer {name!r} outputs a 1×1 map for this {x.shape[-2]}×{x.shape[-1]} input: the input is "
+        "too small for a map at this layer. Give a larger input (e.g. the 224×224 the net was "
+        "trained on) or an earlier layer; camlib.layer_names(net, x=x) lists those with a map."
+    )
+
+
+def _twice(name: str) -> LayerError:
+    return LayerError(f"Layer {name!r} runs more than once per forward; pick a layer used once.")
+
+
+def _not_called(name: str) -> LayerError:
+    return LayerError(f"Layer {name!r} was not called in the forward pass; pick a layer the model uses.")
 
 
 def _token_fold(
@@ -566,7 +617,7 @@ def _tokens_leaf(
     from . import tokens
 
     if "A" in store:
-        raise LayerError(f"Layer {name!r} runs more than once per forward; pick a layer used once.")
+        raise _twice(name)
     try:
         fold, grid = _token_fold(net, name, module, out, x, reshape)
         store["A"] = grid.detach().contiguous().requires_grad_(True)

@@ -12,6 +12,7 @@ A batch of *one* image with a sequence of K classes gives K maps from one forwar
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from collections.abc import Callable
@@ -76,6 +77,8 @@ def _same(a: Tensor, b: Tensor) -> bool:
         return False
     tol = max(1e-4, 64 * torch.finfo(b.dtype).eps) if b.is_floating_point() else 0.0
     scale = float(b.abs().max()) if b.numel() else 0.0
+    if not math.isfinite(scale):  # NaN or inf (a non-finite input on a GPU): nothing to match
+        return False
     return bool(torch.allclose(a.to(b.dtype), b, rtol=tol, atol=0.1 * tol * scale))
 
 

@@ -429,7 +429,7 @@ def test_without_onednn_fusion_or_packing_the_twin_computes_the_same(resnet18, r
 
 
 def _packed_now() -> dict[tuple[int, bool], torch.Tensor]:
-    return {(id(w), scaled): hit[1] for w, kept in fold._PACKED.items() for scaled, hit in kept.items()}
+    return {(id(w), scaled): hit[-1] for w, kept in fold._PACKED.items() for scaled, hit in kept.items()}
 
 
 def test_the_packed_weights_are_made_once_shared_by_twins_and_follow_the_weights(resnet18):
@@ -523,3 +523,103 @@ def test_output_pixels_and_the_one_pixel_case(k, s, p, d, hw):
     with torch.no_grad():
         net[1].running_var.uniform_(0.5, 2)
         torch.testing.assert_close(fold.folded(net)(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def _fresh(net: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """Grad-CAM of an independent copy of ``net`` as it is now: no twin, no packed weight of camlib's."""
+    return camlib.gradcam(copy.deepcopy(net), x, layer)
+
+
+def test_edits_that_move_no_version_counter_are_seen(resnet18):
+    """A write through ``.data`` (pruning) and a fused optimizer's step change the weights without
+    moving their version counters: the kept scale, shift and packed weights still follow them."""
+    net = copy.deepcopy(resnet18)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    before = camlib.gradcam(net, x, "layer4")
+    for m in net.modules():  # magnitude pruning, the usual idiom
+        if isinstance(m, nn.Conv2d):
+            m.weight.data *= m.weight.data.abs() > 0.05
+    pruned = camlib.gradcam(net, x, "layer4")
+    assert _rel(pruned, _fresh(net, x, "layer4")) < 1e-4 and _rel(pruned, before) > 1e-2
+    net.layer2[0].bn1.running_var.data.mul_(4.0)
+    assert _rel(camlib.gradcam(net, x, "layer4"), _fresh(net, x, "layer4")) < 1e-4
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    net(torch.randn(2, 3, 64, 64)).logsumexp(1).sum().backward()
+    versions = [p._version for p in net.parameters()]
+    opt.step()
+    assert [p._version for p in net.parameters()] == versions  # the step moved no counter
+    net.zero_grad(set_to_none=True)
+    stepped = camlib.gradcam(net, x, "layer4")
+    assert _rel(stepped, _fresh(net, x, "layer4")) < 1e-4 and _rel(stepped, pruned) > 1e-2
+
+
+def _seq_relu6() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+    net[1].running_var.fill_(0.01)  # large activations: the ReLU6's ceiling matters
+    return net
+
+
+def test_settings_of_shared_modules_changed_after_the_first_call_are_seen():
+    """A ReLU6's ceiling and a convolution's padding mode live on modules the twin shares, not copies."""
+    net = _seq_relu6()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    camlib.gradcam(net, x, "3")
+    net[2].max_val = 1.0
+    assert _rel(camlib.gradcam(net, x, "3"), _fresh(net, x, "3")) < 1e-4
+    net[2].max_val = 6.0
+    first = camlib.gradcam(net, x, "3")
+    net[0].padding_mode = "reflect"
+    reflect = camlib.gradcam(net, x, "3")
+    assert _rel(reflect, _fresh(net, x, "3")) < 1e-4 and _rel(reflect, first) > 1e-2
+
+
+def test_a_block_whose_forward_is_set_on_the_instance_is_run_as_it_is(resnet18):
+    """An ablation (a ResNet block without its skip connection) set before or after the first call."""
+    import types
+
+    def no_skip(self: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(inp))))))
+
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    for after_a_call in (False, True):
+        net = copy.deepcopy(resnet18)
+        intact = camlib.gradcam(net, x, "layer4") if after_a_call else None
+        net.layer3[1].forward = types.MethodType(no_skip, net.layer3[1])
+        maps = camlib.gradcam(net, x, "layer4")
+        with torch.no_grad():  # the reference: the model itself, unfolded (a hook keeps camlib off the twin)
+            handle = net.register_forward_hook(lambda *_: None)
+            try:
+                ref = camlib.gradcam(net, x, "layer4")
+            finally:
+                handle.remove()
+        assert _rel(maps, ref) < 1e-4
+        assert intact is None or _rel(maps, intact) > 1e-2
+    assert ("layer3.1.conv1", "layer3.1.bn1") not in fold.fold_pairs(net)
+
+
+def test_a_model_that_cannot_run_gives_its_own_error_not_a_map(resnet18):
+    """A residual that does not match its block's output, an input with the wrong channels or dtype:
+    the twin does not stand in (oneDNN's fused sum does not check shapes); the model's error comes."""
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    net = copy.deepcopy(resnet18)
+    camlib.gradcam(net, x, "layer4")
+    net.layer2[0].conv2.padding = (2, 2)  # the block's output 10 × 10, its identity 8 × 8
+    with pytest.raises(RuntimeError, match="must match the size"):
+        camlib.gradcam(net, x, "layer4")
+    with pytest.raises(RuntimeError, match="must match the size"):
+        camlib.metrics.class_probabilities(net, x, torch.tensor([0]))
+    with pytest.raises(RuntimeError, match="expected input.*to have 3 channels"):
+        camlib.gradcam(resnet18, torch.randn(1, 4, 64, 64), "layer4")
+    with pytest.raises(RuntimeError, match="Double"):  # the model's own message for a float64 batch
+        camlib.gradcam(resnet18, x.double(), "layer4")

@@ -342,3 +342,53 @@ def test_view_helpers_and_the_fusion_refuse_what_is_not_a_map() -> None:
         with pytest.raises(ValueError, match=rf"fuse_layers takes raw maps \(B, h, w\) of one batch.*{got}"):
             camlib.family.fuse_layers(bad)
     assert camlib.family.fuse_layers([m, torch.rand(2, 14, 14)]).shape == (2, 14, 14)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "words"),
+    [
+        ("empty", ValueError, r"empty batch \(0, 3, 64, 64\)"),
+        ("uint8", TypeError, r"torch.uint8 values.*model.preprocess"),
+        ("nan", ValueError, r"NaN or infinite values \(image 1 of 2, 1 in all\)"),
+        ("inf", ValueError, r"NaN or infinite values \(image 1 of 2, 1 in all\)"),
+    ],
+)
+def test_a_batch_that_is_no_image_gets_a_clear_error(shapes_model, map_calls, bad, error, words) -> None:
+    """Before: an empty batch failed on an internal assert, uint8 on a bias type the model does not have,
+    and a NaN pixel gave a finite map (the folded twin's fused ReLU turns NaN into 0) where the model gives NaN."""
+    x = camlib.synthetic.shapes(2, seed=0)[0]
+    x = {
+        "empty": x[:0],
+        "uint8": (x * 255).to(torch.uint8),
+        "nan": x.index_put((torch.tensor(1), torch.tensor(0), torch.tensor(5), torch.tensor(5)), torch.tensor(np.nan)),
+        "inf": x.index_put((torch.tensor(1), torch.tensor(2), torch.tensor(0), torch.tensor(0)), torch.tensor(np.inf)),
+    }[bad]
+    for name, call in map_calls(shapes_model, x, camlib.load_model("small_vit_shapes")).items():
+        with pytest.raises(error, match=words):
+            call()
+        assert not any(m._forward_hooks for m in shapes_model.net.modules()), name
+
+
+def test_the_forward_only_methods_check_the_layer_as_the_gradient_methods_do() -> None:
+    """Score-CAM, Ablation-CAM and Eigen-CAM on a layer that is no map, or runs twice per forward: the
+    gradient methods' LayerError (before: an IndexError, an einsum error, or a map of the last call)."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    calls = {
+        "scorecam": lambda layer, x: camlib.scorecam(net, x, layer, progress=False),
+        "ablationcam": lambda layer, x: camlib.ablationcam(net, x, layer, progress=False),
+        "eigencam": lambda layer, x: camlib.eigencam(net, x, layer),
+    }
+    for name, call in calls.items():
+        for layer, words in [
+            ("fc", r"outputs \(1, 10\), not a spatial feature map"),
+            ("layer1.0.relu", "runs more than once per forward"),
+        ]:
+            with pytest.raises(LayerError, match=words):
+                call(layer, x)
+            with pytest.raises(LayerError, match=words):
+                camlib.gradcam(net, x, layer)
+        with pytest.raises(LayerError, match="1×1 map for this 32×32 input"):
+            call("layer4", x[..., :32, :32])
+        assert not any(m._forward_hooks for m in net.modules()), name

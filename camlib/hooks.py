@@ -93,8 +93,11 @@ def resolve_layer(net: nn.Module, layer: Layer) -> tuple[str, nn.Module]:
     Raises:
         LayerError: unknown name (the message lists the nearest names) or a module
             that is not part of ``net``.
+        TypeError: neither a name nor a module.
     """
     net = as_module(net)
+    if not isinstance(layer, str | nn.Module):
+        raise TypeError(f"layer must be a dotted name such as 'layer4' or a module of the net, got {layer!r}.")
     if isinstance(layer, str):
         try:  # the common case, without walking the whole net
             return layer, net.get_submodule(layer)

@@ -38,10 +38,13 @@ def class_indices(logits: Tensor, targets: Targets) -> Tensor:
     check_kind(targets)
     # Range checks run where the indices are (the CPU for ints and lists): no wait for the GPU.
     if is_single(targets):
-        idx = torch.full((batch,), int(targets), dtype=torch.long)
-        _check_range(idx[:1], num_classes)
-        return _to(idx, logits.device)
-    idx = torch.as_tensor(targets).reshape(-1)
+        if not 0 <= int(targets) < num_classes:  # before a tensor: 2**63 does not fit one
+            _out_of_range(int(targets), num_classes)
+        return _to(torch.full((batch,), int(targets), dtype=torch.long), logits.device)
+    try:
+        idx = torch.as_tensor(targets).reshape(-1)
+    except (OverflowError, RuntimeError, ValueError) as err:  # an int beyond int64, a ragged list
+        raise ValueError(f"targets must be class indices 0..{num_classes - 1}, one per image: {err}") from None
     if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
         raise TypeError(f"Class indices must be integers, got a {idx.dtype} sequence.")
     idx = idx.long()
@@ -64,10 +67,11 @@ def _to(idx: Tensor, device: torch.device) -> Tensor:
 def _check_range(idx: Tensor, num_classes: int) -> None:
     bad = (idx < 0) | (idx >= num_classes)
     if bad.any():
-        raise IndexError(
-            f"Class index {int(idx[bad][0])} is outside the model's {num_classes} outputs "
-            f"(valid: 0..{num_classes - 1})."
-        )
+        _out_of_range(int(idx[bad][0]), num_classes)
+
+
+def _out_of_range(index: int, num_classes: int) -> None:
+    raise IndexError(f"Class index {index} is outside the model's {num_classes} outputs (valid: 0..{num_classes - 1}).")
 
 
 def check_kind(targets: Targets) -> None:

@@ -245,6 +245,8 @@ def test_zero_d_array_is_one_class_for_all_images(tiny: nn.Module) -> None:
         (np.array([], dtype=int), ValueError, "targets is empty"),
         ("tabby", TypeError, "model.classes.index"),
         ({1, 2}, TypeError, "pass a list, not a set"),
+        (2**63, IndexError, "Class index 9223372036854775808 is outside the model's 10 outputs"),
+        (np.array(10**20, dtype=object), IndexError, "is outside the model's 10 outputs"),
     ],
 )
 @pytest.mark.parametrize("batch", [1, 3])
@@ -392,3 +394,11 @@ def test_the_forward_only_methods_check_the_layer_as_the_gradient_methods_do() -
         with pytest.raises(LayerError, match="1×1 map for this 32×32 input"):
             call("layer4", x[..., :32, :32])
         assert not any(m._forward_hooks for m in net.modules()), name
+
+
+def test_a_layer_that_is_neither_a_name_nor_a_module_says_what_to_pass(tiny: nn.Module) -> None:
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(TypeError, match=re.escape("layer must be a dotted name such as 'layer4' or a module")):
+        camlib.gradcam(tiny, x, ["1"])
+    with pytest.raises(ValueError, match=re.escape("targets must be class indices 0..9, one per image")):
+        camlib.gradcam(tiny, torch.randn(2, 3, 8, 8), "1", [10**20, 1])

@@ -13,9 +13,13 @@ the time (2-core AVX2 CPU, channels-last).
 :func:`folded` never changes the user's model: it returns a *twin*, a copy of the modules that hold a
 folded pair (the model and its blocks) which shares every other module, every parameter and every
 buffer with the original (no weights are copied), so a setting changed on the model is seen. Each folded
-convolution computes :math:`s` and the shift from the shared tensors; without autograd it keeps
-these per-channel vectors between calls and recomputes them when a tensor they come from changes
-(its version counter moves), so the copy follows the original's weights.
+convolution computes :math:`s` and the shift from the shared tensors; on the CPU without autograd it
+keeps these per-channel vectors between calls and recomputes them when a value they come from
+changes (compared on each call), so the copy follows the original's weights, however they were
+changed (an optimizer's step, a write through ``.data``). A block whose ``forward`` is set on the
+instance is not folded (its wiring is not the class's), and a convolution that cannot stand in for
+the model's (an input it would refuse, a padding mode set later, a residual of another shape)
+raises :class:`FoldMismatch`, so the model itself runs and gives its own result or error.
 On the CPU without gradients the scale is applied as oneDNN's per-channel post-op,
 :math:`s \odot (W * x + \mathrm{shift}/s)`; where that does not apply (a ReLU6 after it, a zero
 :math:`s`, a residual sum) the weights are scaled.

@@ -16,8 +16,11 @@ files written, the class explained and its probability, whether the map is zero 
 
 A file that cannot be read (not an image, truncated, a folder, missing) is reported and
 skipped; the run goes on. The exit status is 0 when at least one image was explained, 1 when
-none was, 2 for a usage error (unknown method, model, layer or class: nothing is read then).
-Existing files in ``--out`` are never overwritten unless ``--overwrite`` is given.
+none was, 2 for a usage error (unknown method, model, layer or class, a bad number, an ``--out``
+that is a file or cannot be created: nothing is read then). Existing files in ``--out`` are never
+overwritten unless ``--overwrite`` is given: an image whose overlay or raw map exists is skipped,
+and an ``explain.json`` already in ``--out`` (a previous run's record) is a usage error; pass
+``--overwrite`` to replace them, or choose another ``--out``.
 """
 
 from __future__ import annotations
@@ -186,7 +189,8 @@ def explain_files(
 ) -> ExplainReport:
     """Explain ``files`` with ``model`` (a :class:`camlib.LoadedModel`) and write the results into ``out``.
 
-    Every option is checked before any image is read (:class:`UsageError`); then each image is
+    Every option is checked and ``out`` created before any image is read (:class:`UsageError`: also
+    for an ``out`` that is a file or cannot be created); then each image is
     loaded (a failure is logged and recorded in ``report.skipped``), the loaded images are run
     through the method ``batch_size`` at a time on the model's device, and each image's overlay
     and raw map are written. A batch that fails is retried image by image, so one bad image
@@ -198,7 +202,7 @@ def explain_files(
     from tqdm.auto import tqdm
 
     from .data import load_image
-    from .hooks import LayerError, resolve_layer
+    from .hooks import LayerError, eval_mode, resolve_layer
     from .viz import overlay
 
     fn = _method(method)
@@ -209,6 +213,8 @@ def explain_files(
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}.")
     if not 0.0 <= alpha <= 1.0:
         raise UsageError(f"--alpha must lie in [0, 1], not {alpha}.")
+    if max_side < 0:
+        raise UsageError(f"--max-side must be 0 (the input's size) or a positive number of pixels, not {max_side}.")
     if counterfactual and "counterfactual" not in params:
         raise UsageError(f"--counterfactual works with gradcam only, not with {fn.__name__}.")
     if amp and "amp" not in params:
@@ -243,7 +249,7 @@ def explain_files(
             "raw_format": raw_format,
         }
     )
-    out.mkdir(parents=True, exist_ok=True)
+    _make_folder(out)
 
     def write(entry: dict[str, Any], image: Image.Image, raw: torch.Tensor) -> None:
         stem = entry.pop("stem")
@@ -269,7 +275,7 @@ def explain_files(
 
     def run(batch: list[tuple[Path, str, Image.Image, torch.Tensor]]) -> None:
         x = torch.cat([item[3] for item in batch])
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model.net):
             probs = model.net(x).softmax(dim=1)
         idx = probs.argmax(dim=1) if target_idx is None else torch.full_like(probs[:, 0], target_idx).long()
         kwargs: dict[str, Any] = {"targets": idx.tolist()}
@@ -314,6 +320,16 @@ def explain_files(
     return report
 
 
+def _make_folder(out: Path) -> None:
+    """Create the output folder ``out`` (and its parents); a file in the way or no permission is a usage error."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder: give a folder (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"Cannot create the output folder --out {out}: {_reason(err)}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     from .models import model_names
 
@@ -345,7 +361,11 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--raw-format", choices=("pt", "npy"), default="pt", help="raw map file format (default pt)")
     ex.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity in the overlay (default 0.5)")
     ex.add_argument("--max-side", type=int, default=1024, help="longest side of the overlay PNG (0: as the input)")
-    ex.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ex.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace existing output files, {MANIFEST} included (without it an existing {MANIFEST} is an error)",
+    )
     ex.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     sub.add_parser("methods", help="list the method names --method accepts")
@@ -393,8 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(layer_names(model.net, size=model.input_size, max_depth=args.max_depth)))
             return 0
         _method(args.method)  # fail fast, before loading a model
-        model = _load_model(args.model, args.device)
         out = args.out.expanduser()
+        if (out / MANIFEST).exists() and not args.overwrite:
+            raise UsageError(
+                f"{out / MANIFEST} exists (a previous run's record); pass --overwrite to replace it and the "
+                "overlays and maps of the same names, or choose another --out."
+            )
+        model = _load_model(args.model, args.device)
         files, ignored = expand_inputs(args.images, skip=out if out.exists() else None)
         report = explain_files(
             model,

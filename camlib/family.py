@@ -42,6 +42,7 @@ from .hooks import (
     Capture,
     Layer,
     LayerError,
+    Output,
     as_module,
     captured,
     check_batch,
@@ -78,8 +79,6 @@ __all__ = [
     "eigencam_weights",
     "eigencam_map",
 ]
-
-Output = Callable[[Any], Tensor] | None
 
 
 # --------------------------------------------------------------------------- gradient methods

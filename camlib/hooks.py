@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 Layer = str | nn.Module
+Output = Callable[[Any], Tensor] | None  # picks the logits from a tuple or dict output (see logits_of)
 
 
 class LayerError(ValueError):

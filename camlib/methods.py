@@ -27,6 +27,7 @@ from .device import amp_dtype, exact
 from .hooks import (
     Layer,
     LayerError,
+    Output,
     as_module,
     check_batch,
     eval_mode,
@@ -53,8 +54,6 @@ __all__ = [
     "guided_backprop",
     "guided_gradcam",
 ]
-
-Output = Callable[[Any], Tensor] | None
 
 
 class CamError(ValueError):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .data import load_image
 from .device import get_device
+from .hooks import eval_mode
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -92,8 +93,17 @@ class LoadedModel:
         return x
 
     def predict(self, x: Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-``k`` ``(class name, probability)`` pairs per image."""
-        with torch.no_grad():
+        """Top-``k`` ``(class name, probability)`` pairs per image.
+
+        The forward runs in eval mode (a net left in training mode gets its flags back after, its
+        batch-norm statistics untouched) and without gradients.
+
+        Raises:
+            ValueError: ``k`` is not between 1 and the number of classes.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.classes):
+            raise ValueError(f"k must be an int between 1 and the number of classes ({len(self.classes)}), got {k!r}.")
+        with torch.no_grad(), eval_mode(self.net):
             p = self.net(x).softmax(dim=1)
         vals, idx = p.topk(k, dim=1)
         rows = zip(vals.tolist(), idx.tolist(), strict=True)
@@ -241,6 +251,8 @@ def load_model(name: str = "efficientnet_lite0", device: str | torch.device | No
     ``"efficientnet_lite0"`` works offline; ``"resnet18"``/``"resnet50"`` need
     torchvision's weights in the cache or a network (Colab).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"load_model takes a model name (a str), got {name!r}; one of {', '.join(model_names())}.")
     name = name.strip().lower().replace("-", "_")
     if name not in _LOADERS:
         import difflib

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,12 +14,13 @@ from torch import Tensor
 __all__ = ["upsample", "normalize", "overlay", "to_uint8_rgb", "show_maps"]
 
 
-def upsample(maps: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """Bilinear resize of maps ``(B, h, w)`` or ``(h, w)`` to ``size`` (H, W).
+def upsample(maps: Tensor | np.ndarray, size: int | tuple[int, int]) -> Tensor:
+    """Bilinear resize of maps ``(B, h, w)`` or ``(h, w)`` (a tensor or an array) to ``size`` (H, W).
 
     Bilinear interpolation is linear in the map, so it commutes with the weighted
     sum of CAM: upsample(Σ_k w_k A^k) = Σ_k w_k upsample(A^k).
     """
+    maps = torch.as_tensor(maps)
     if maps.dim() not in (2, 3):
         raise ValueError(f"upsample expects maps (B, h, w) or (h, w), got shape {tuple(maps.shape)}.")
     size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -55,7 +57,19 @@ def normalize(maps: Tensor, eps: float | None = None) -> Tensor:
 
 
 def to_uint8_rgb(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 array from a PIL image, an array (HWC) or a tensor (CHW, 0..1)."""
+    """An ``(H, W, 3)`` uint8 array from a PIL image, an array (HWC or HW) or a tensor (CHW or ``(1, C, H, W)``, 0..1).
+
+    A 3-D tensor whose first dimension cannot be channels (not 1, 3 or 4) and whose last can, such
+    as ``(32, 32, 3)``, is read as HWC.
+
+    Raises:
+        TypeError: a sample name or a path: load the image first, ``camlib.load_image(name)``.
+    """
+    if isinstance(image, str | os.PathLike):
+        raise TypeError(
+            f"Expected an image (PIL, array or tensor), got the name or path {str(image)!r}: load it first, "
+            f"image = camlib.load_image({str(image)!r})."
+        )
     if isinstance(image, Image.Image):
         from .data import to_rgb
 
@@ -63,10 +77,14 @@ def to_uint8_rgb(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:
     if isinstance(image, Tensor):
         t = image.detach().float().cpu()
         t = t[0] if t.dim() == 4 else t
-        image = (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        hwc = t.dim() != 3 or (t.shape[0] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4))
+        t = (t.clamp(0, 1) * 255).round().byte()
+        image = (t if hwc else t.permute(1, 2, 0)).numpy()
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     return arr[..., :3]
@@ -77,6 +95,8 @@ def overlay(
 ) -> np.ndarray:
     """Blend a heat map onto an image: ``(1 - alpha) * image + alpha * cmap(normalize(map))``.
 
+    ``image``: a PIL image, an ``(H, W, 3)`` array or a ``(3, H, W)`` tensor in 0..1 (see
+    :func:`to_uint8_rgb`; a name or path is a TypeError: ``camlib.load_image`` it first).
     ``map`` is a raw ``(h, w)`` (or ``(1, h, w)``) map at any resolution; it is
     upsampled (bilinear) to the image's size and min–max normalised. Returns an
     ``(H, W, 3)`` uint8 RGB array (with "jet", red = high, blue = low).

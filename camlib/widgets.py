@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import io
 import math
+import operator
 import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
@@ -104,7 +105,8 @@ class Explorer:
 
     Args:
         model: what :func:`camlib.load_model` returns (``.net``, ``.classes``, ``.feature_layer``,
-            ``.fc``, ``.preprocess``), or a model name for it.
+            ``.fc``, ``.preprocess``), or a model name for it; a bare ``nn.Module`` is a TypeError
+            (wrap it: ``camlib.LoadedModel(name, net, classes, feature_layer, fc)``).
         image: a PIL image, a path or a sample name (``"chelsea"``).
         layers: dotted layer names for the layer control (default: :func:`default_layers`).
             The feature layer is added when "CAM" is among the methods.
@@ -114,7 +116,7 @@ class Explorer:
             Transformer with a class-token head, ``"small_vit_shapes"``) has no CAM: the default
             leaves it out, asking for it raises; its token layers (``"blocks.2"``) work with the rest.
         layer, method, target: initial values (default: the feature layer, the first method,
-            the top-1 class).
+            the top-1 class); ``target`` is a class index (an int).
         alpha: initial opacity of the heat map; ``top``: how many predictions head the class list;
         size: input size for :meth:`model.preprocess`; ``max_side``: longest side of the picture (a
         picture under 256 px is enlarged by a whole factor, each pixel a block, to at least that);
@@ -173,6 +175,13 @@ class Explorer:
         import ipywidgets as w
 
         _check_numbers(alpha=alpha, top=top, max_side=max_side, threads=threads, max_bytes=max_bytes)
+        target = _class_index(target)
+        if isinstance(model, torch.nn.Module):
+            raise TypeError(
+                f"Explorer needs a model with its class names and head, not a bare {type(model).__name__}: pass "
+                "camlib.load_model(...) (or a model name), or build one with camlib.LoadedModel(name, net, classes, "
+                "feature_layer, fc) (fc: the nn.Linear after global average pooling)."
+            )
         model_key = model if isinstance(model, str) else None
         if isinstance(model, str):
             from .models import load_model
@@ -453,6 +462,18 @@ def _check_numbers(alpha: float, top: int, max_side: int, threads: int | None, m
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be None (torch's setting) or a positive int, got {threads!r}.")
+
+
+def _class_index(target: Any) -> int | None:
+    """``target`` as a plain int (a numpy or 0-d tensor integer too), or ``None``; anything else is a TypeError."""
+    if target is None:
+        return None
+    try:
+        if isinstance(target, bool):
+            raise TypeError
+        return operator.index(target)
+    except TypeError:
+        raise TypeError(f"target must be a class index (an int) or None (the top-1 class), got {target!r}.") from None
 
 
 def _check_choice(what: str, value: str | None, options: Sequence[str]) -> None:

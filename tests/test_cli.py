@@ -158,6 +158,7 @@ def test_rerun_into_the_input_folder_does_not_explain_its_own_output(tmp_path: P
         (["--model", "resnet-5"], "Did you mean 'resnet50'?"),
         (["--device", "cuda:99"], "not usable here"),
         (["--batch-size", "0"], "at least 1"),
+        (["--max-side", "-1"], "--max-side must be 0"),
     ],
 )
 def test_usage_errors_exit_2_before_reading_images(
@@ -175,6 +176,43 @@ def test_usage_errors_exit_2_before_reading_images(
     assert status == 2, err
     assert message in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_existing_manifest_is_kept_unless_overwrite(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["explain", str(data_dir() / "chelsea.png"), "--model", "small_gap_shapes", "--out", str(out), "-q"]
+    assert cli.main(args) == 0
+    first = (out / cli.MANIFEST).read_text()
+    capsys.readouterr()
+    assert cli.main(args) == 2  # a usage error, before any image is read
+    err = capsys.readouterr().err
+    assert str(out / cli.MANIFEST) in err and "--overwrite" in err, err
+    assert (out / cli.MANIFEST).read_text() == first
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert json.loads((out / cli.MANIFEST).read_text())["explained"][0]["overlay"] == "chelsea_gradcam.png"
+
+
+def test_out_that_is_a_file_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("the user's file")
+    args = ["explain", str(data_dir() / "chelsea.png"), "--model", "small_gap_shapes", "--out", str(afile), "-q"]
+    assert cli.main(args) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert afile.read_text() == "the user's file"
+
+
+def test_explain_files_leaves_a_training_net_and_its_batch_norm_statistics_alone(tmp_path: Path) -> None:
+    model = camlib.load_model("small_gap_shapes", device="cpu")
+    model.net.train()
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    report = cli.explain_files(model, [data_dir() / "chelsea.png"], tmp_path, progress=False)
+    assert len(report.explained) == 1
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(m.training for m in model.net.modules())
+    with torch.no_grad():
+        p = model.net.eval()(model.preprocess(camlib.load_image(data_dir() / "chelsea.png"))).softmax(1)
+    assert report.explained[0]["probability"] == round(float(p.max()), 4)  # the eval-mode prediction
 
 
 def test_nothing_explained_exits_1(photos: Path, tmp_path: Path) -> None:

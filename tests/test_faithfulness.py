@@ -112,6 +112,50 @@ def test_wrong_number_of_maps_is_an_error(drop_case):
         M.average_drop(net, torch.cat([x, x, x]), maps)
 
 
+class DictOut(nn.Module):
+    """The same net, its logits returned in a dict (as Hugging Face models do)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(x)}
+
+
+def test_output_picks_the_logits_for_every_metric_that_runs_the_model(drop_case):
+    net, x, maps, _, _ = drop_case
+    wrapped, pick = DictOut(net), lambda o: o["logits"]
+    for metric in (M.average_drop, M.increase_in_confidence):
+        torch.testing.assert_close(metric(wrapped, x, maps, output=pick).per_image, metric(net, x, maps).per_image)
+    for curve in (M.deletion_curve, M.insertion_curve):
+        got = curve(wrapped, x, maps, steps=2, baseline=0.0, progress=False, output=pick)
+        torch.testing.assert_close(got.probs, curve(net, x, maps, steps=2, baseline=0.0, progress=False).probs)
+    classes = torch.tensor([1, 0])
+    torch.testing.assert_close(
+        M.class_probabilities(wrapped, x, classes, output=pick), M.class_probabilities(net, x, classes)
+    )
+    road = M.road(wrapped, x, maps, fractions=(0.25,), progress=False, output=pick)
+    torch.testing.assert_close(road.probs, M.road(net, x, maps, fractions=(0.25,), progress=False).probs)
+    with pytest.raises(TypeError, match="returned a dict"):
+        M.average_drop(wrapped, x, maps)
+
+
+def test_class_probabilities_takes_a_list_or_one_int(drop_case):
+    net, x, _, y, _ = drop_case
+    torch.testing.assert_close(M.class_probabilities(net, x, [1, 0]), torch.tensor(y))
+    torch.testing.assert_close(M.class_probabilities(net, x, 1), M.class_probabilities(net, x, torch.tensor([1, 1])))
+    for bad in ([1], [0.5, 1.0]):
+        with pytest.raises(ValueError, match=r"one class index per image \(2 ints\)"):
+            M.class_probabilities(net, x, bad)
+
+
+def test_an_empty_batch_is_a_clear_error(drop_case):
+    net, x, maps, _, _ = drop_case
+    with pytest.raises(ValueError, match="empty batch"):
+        M.average_drop(net, x[:0], maps[:0])
+
+
 # --------------------------------------------------------------------------- deletion / insertion
 
 
@@ -159,6 +203,14 @@ def test_ties_are_broken_in_raster_order(curve_case):
     c = M.deletion_curve(net, x, torch.zeros(1, 2, 2), targets=0, steps=4, progress=False)
     p = [sigmoid(s) for s in (10, 9, 7, 4, 0)]  # pixels 0, 1, 2, 3
     torch.testing.assert_close(c.probs, torch.tensor([p]), atol=1e-6, rtol=0)
+
+
+def test_a_baseline_of_the_wrong_shape_names_the_expected_one(curve_case):
+    net, x, maps = curve_case[:3]
+    with pytest.raises(ValueError, match=r"x's shape \(1, 1, 2, 2\) or broadcast to it.*got \(3, 4\)"):
+        M.deletion_curve(net, x, maps, steps=4, baseline=torch.zeros(3, 4), progress=False)
+    same = M.deletion_curve(net, x, maps, steps=4, baseline=torch.zeros(1, 2, 2), progress=False)  # (C, H, W)
+    torch.testing.assert_close(same.probs, M.deletion_curve(net, x, maps, steps=4, progress=False).probs)
 
 
 def test_chunking_does_not_change_the_curves():

@@ -132,6 +132,30 @@ def test_predict_batch(real_model: LoadedModel, chelsea_x: torch.Tensor) -> None
     assert top[1][0][0] != "Egyptian cat"
 
 
+def test_predict_runs_a_training_net_in_eval_mode_and_leaves_it_as_it_was() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.append(nn.Linear(4, 3))
+    with torch.no_grad():
+        net[1].running_mean.fill_(0.5)  # statistics unlike this batch's: train mode would move them
+    model = LoadedModel("bn", net.train(), ["a", "b", "c"], "0", net[5])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    top = model.predict(x, k=3)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k  # running_mean, running_var, num_batches_tracked untouched
+    assert all(m.training for m in net.modules())  # the training flags are back
+    with torch.no_grad():
+        ref = net.eval()(x).softmax(1)
+    assert [p for _, p in top[0]] == pytest.approx(ref[0].sort(descending=True).values.tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("k", [0, 4, 2.0])
+def test_predict_k_outside_the_classes_is_a_clear_error(k) -> None:
+    with pytest.raises(ValueError, match=r"k must be an int between 1 and the number of classes \(2\)"):
+        _tiny_loaded().predict(torch.rand(1, 3, 8, 8), k=k)
+
+
 # --- preprocess ----------------------------------------------------------------------------------
 
 
@@ -190,6 +214,12 @@ def test_unknown_name_suggests_nearest() -> None:
     assert "efficientnet_lite0" in str(info.value)  # the list of names
     with pytest.raises(ValueError, match="Did you mean 'efficientnet_lite0'"):
         camlib.load_model("efficientnet_b0")
+
+
+def test_a_name_that_is_not_a_str_lists_the_names() -> None:
+    with pytest.raises(TypeError, match="model name") as info:
+        camlib.load_model(18)
+    assert all(name in str(info.value) for name in camlib.model_names())
 
 
 def test_model_names() -> None:

@@ -116,3 +116,37 @@ def test_road_is_imputation_then_probability_by_hand(small, order: str) -> None:
     # the batch split does not change a number
     again = metrics.road(net, x, maps, targets=[1, 2], order=order, fractions=fractions, batch_size=1, progress=False)
     torch.testing.assert_close(again.probs, got.probs)
+
+
+class Recording(torch.nn.Module):
+    """A small classifier that records the batch size of every forward (through a list's bound ``append``, which a
+    copy of the module shares)."""
+
+    def __init__(self, record) -> None:
+        super().__init__()
+        self.record = record
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+        )
+        self.fc = torch.nn.Linear(4, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.record(x.shape[0])
+        return self.fc(self.body(x))
+
+
+def test_road_sends_at_most_batch_size_images_through_the_model() -> None:
+    seen: list[int] = []
+    torch.manual_seed(0)
+    net = Recording(seen.append).eval()
+    x = torch.rand(7, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    maps = torch.rand(7, 4, 4, generator=torch.Generator().manual_seed(2))
+    got = metrics.road(net, x, maps, fractions=(0.5,), batch_size=3, progress=False)
+    assert seen and max(seen) <= 3, seen  # the targets' forward too, not all 7 images at once
+    with torch.no_grad():
+        assert got.targets.tolist() == net(x).argmax(1).tolist()
+    seen.clear()
+    whole = metrics.road(net, x, maps, fractions=(0.5,), batch_size=64, progress=False)
+    assert max(seen) == 7
+    torch.testing.assert_close(whole.probs, got.probs)
+    assert torch.equal(whole.targets, got.targets)

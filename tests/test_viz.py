@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import camlib
+from camlib.data import data_dir
+from camlib.viz import to_uint8_rgb
 
 
 def test_upsample_3d_matches_interpolate() -> None:
@@ -50,6 +52,11 @@ def test_upsample_dtypes() -> None:
 def test_upsample_rejects_4d() -> None:
     with pytest.raises(ValueError, match=r"\(B, h, w\) or \(h, w\)"):
         camlib.upsample(torch.zeros(1, 3, 7, 7), 224)
+
+
+def test_upsample_takes_an_array() -> None:
+    m = np.random.default_rng(0).random((2, 7, 7))
+    torch.testing.assert_close(camlib.upsample(m, 32), camlib.upsample(torch.from_numpy(m), 32), rtol=0, atol=0)
 
 
 def test_normalize_range_per_map() -> None:
@@ -116,6 +123,22 @@ def test_overlay_accepts_tensor_image_and_batched_map() -> None:
         camlib.overlay(img, torch.zeros(2, 7, 7))
 
 
+def test_overlay_reads_a_tensor_that_can_only_be_hwc_as_hwc() -> None:
+    chw = torch.rand(3, 32, 40, generator=torch.Generator().manual_seed(0))
+    expected = camlib.overlay(chw, _left_high())
+    assert expected.shape == (32, 40, 3)
+    np.testing.assert_array_equal(camlib.overlay(chw.permute(1, 2, 0), _left_high()), expected)
+    np.testing.assert_array_equal(camlib.overlay(chw[None], _left_high()), expected)
+    gray = to_uint8_rgb(chw[:1])  # (1, H, W): one channel, repeated
+    assert gray.shape == (32, 40, 3) and (gray[..., 0] == gray[..., 2]).all()
+
+
+@pytest.mark.parametrize("image", ["chelsea", data_dir() / "chelsea.png"])
+def test_overlay_of_a_name_or_path_says_to_load_it(image) -> None:
+    with pytest.raises(TypeError, match=r"camlib\.load_image"):
+        camlib.overlay(image, _left_high())
+
+
 def test_show_maps_returns_figure() -> None:
     img = camlib.load_image("coffee")
     maps = torch.randn(2, 7, 7)
@@ -136,8 +159,6 @@ def test_show_maps_returns_figure() -> None:
 
 
 def test_to_uint8_rgb_inputs() -> None:
-    from camlib.viz import to_uint8_rgb
-
     rgb = np.random.default_rng(1).integers(0, 256, (4, 5, 3), dtype=np.uint8)
     np.testing.assert_array_equal(to_uint8_rgb(Image.fromarray(rgb)), rgb)
     np.testing.assert_array_equal(to_uint8_rgb(rgb), rgb)

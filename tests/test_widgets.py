@@ -225,6 +225,17 @@ def test_bad_arguments_fail_early(real_model: camlib.LoadedModel) -> None:
         Explorer(real_model, "chelsea", layers=["blocks.99"])
 
 
+def test_a_bare_net_or_a_non_int_target_is_a_clear_type_error(real_model: camlib.LoadedModel) -> None:
+    with pytest.raises(TypeError, match=r"camlib\.load_model\(\.\.\.\).*LoadedModel\(name, net, classes"):
+        Explorer(real_model.net, "chelsea")
+    for target in ("1", 1.0, True):
+        with pytest.raises(TypeError, match="target must be a class index"):
+            Explorer(real_model, "chelsea", methods=["Grad-CAM"], target=target)
+    ex = Explorer(real_model, "chelsea", methods=["Grad-CAM"], target=np.int64(TABBY))  # a numpy int is an index
+    assert ex.class_control.value == TABBY and type(ex.class_control.value) is int
+    ex.close()
+
+
 def test_png_format(real_model: camlib.LoadedModel) -> None:
     ex = Explorer(real_model, "rocket", methods=["Grad-CAM"], image_format="png")
     assert ex.image_widget.format == "png" and ex.image_widget.value[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,9 @@ a reduction of 3-channel maps (guided backprop) to one saliency per pixel, and t
 model-randomisation sanity check of Adebayo et al. 2018 (arXiv:1810.03292):
 a Spearman rank correlation and cumulative top-down re-initialisation of layers.
 
-Every function works on a batch, on the device of ``x``, and is deterministic.
+Every function works on a batch, on the device of ``x``, and is deterministic. Those that run the
+model take ``output=``, as the map methods do: for a model whose forward returns a tuple or a
+dict, it picks the logits (``output=lambda o: o["logits"]``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..device import amp_dtype
-from ..hooks import as_module, eval_mode, logits_fast
+from ..hooks import Output, as_module, check_batch, eval_mode, logits_fast
 from ..targets import Targets, class_indices
 from ..viz import normalize, upsample
 
@@ -135,8 +137,7 @@ def check_batch_size(batch_size: int) -> None:
 
 def _check_maps(x: Tensor, maps: Tensor) -> tuple[Tensor, Tensor]:
     """Validate shapes and values; a batch of one image with K maps is repeated K times."""
-    if x.dim() != 4:
-        raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}.")
+    check_batch(x)  # a batch (B, C, H, W) of at least one image, float, finite on the CPU
     if maps.dim() == 2:
         maps = maps[None]
     if maps.dim() != 3:
@@ -162,58 +163,88 @@ def explanation_image(x: Tensor, maps: Tensor) -> Tensor:
     return x * normalize(upsample(maps.float(), x.shape[-2:]))[:, None].to(x.dtype)
 
 
-def _probs(net: nn.Module, batch: Tensor, classes: Tensor, amp: torch.dtype | None = None) -> Tensor:
+def _probs(
+    net: nn.Module, batch: Tensor, classes: Tensor, amp: torch.dtype | None = None, output: Output = None
+) -> Tensor:
     """Softmax probability of ``classes[b]`` for ``batch[b]`` (call under no_grad and eval_mode).
 
     The batch goes in as channels-last: the same numbers up to float rounding, and on
     CPU about 40 % less time for depthwise-separable nets such as EfficientNet.
     """
-    return logits_fast(net, batch, amp).softmax(dim=1).gather(1, classes[:, None])[:, 0]
+    return logits_fast(net, batch, amp, output).softmax(dim=1).gather(1, classes[:, None])[:, 0]
 
 
 @torch.no_grad()
-def class_probabilities(net: nn.Module, x: Tensor, classes: Tensor, batch_size: int = 64) -> Tensor:
-    """Softmax probability of ``classes[b]`` for image ``x[b]``, in chunks of ``batch_size``, eval mode."""
+def class_probabilities(
+    net: nn.Module, x: Tensor, classes: Tensor | Sequence[int] | int, batch_size: int = 64, output: Output = None
+) -> Tensor:
+    """Softmax probability of ``classes[b]`` for image ``x[b]``, in chunks of ``batch_size``, eval mode.
+
+    ``classes``: one class index per image (a tensor or a list), or one int for every image;
+    ``output``: picks the logits from a tuple or dict output (``lambda o: o["logits"]``).
+    """
     check_batch_size(batch_size)
+    classes = torch.as_tensor(classes, device=x.device)
+    classes = classes.expand(x.shape[0]) if classes.dim() == 0 else classes
+    integer = classes.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+    if classes.shape != x.shape[:1] or not integer:
+        raise ValueError(
+            f"classes must be one class index per image ({x.shape[0]} ints) or one int, "
+            f"got {classes.dtype} of shape {tuple(classes.shape)}."
+        )
+    classes = classes.long()
     net = as_module(net)
     with eval_mode(net):
         return torch.cat(
-            [_probs(net, x[i : i + batch_size], classes[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+            [
+                _probs(net, x[i : i + batch_size], classes[i : i + batch_size], output=output)
+                for i in range(0, x.shape[0], batch_size)
+            ]
         )
 
 
-def _targets_and_y(net: nn.Module, x: Tensor, targets: Targets, batch_size: int) -> tuple[Tensor, Tensor]:
+def _targets_and_y(
+    net: nn.Module, x: Tensor, targets: Targets, batch_size: int, output: Output = None
+) -> tuple[Tensor, Tensor]:
+    """``(classes, Y)``: the class followed in each image (``targets`` resolved on the logits of ``x``, computed
+    ``batch_size`` images at a time) and its softmax probability."""
     check_batch_size(batch_size)
     net = as_module(net)
     with torch.no_grad(), eval_mode(net):
-        logits = torch.cat([logits_fast(net, x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        chunks = range(0, x.shape[0], batch_size)
+        logits = torch.cat([logits_fast(net, x[i : i + batch_size], output=output) for i in chunks])
     idx = class_indices(logits, targets)
     return idx, logits.softmax(dim=1).gather(1, idx[:, None])[:, 0]
 
 
 def _confidences(
-    net: nn.Module, x: Tensor, maps: Tensor, targets: Targets, batch_size: int
+    net: nn.Module, x: Tensor, maps: Tensor, targets: Targets, batch_size: int, output: Output
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(Y, O, classes)``: p(class) on ``x`` and on its explanation image, and the classes followed."""
     x, maps = _check_maps(x, maps)
-    idx, y = _targets_and_y(net, x, targets, batch_size)
-    o = class_probabilities(net, explanation_image(x, maps), idx, batch_size)
+    idx, y = _targets_and_y(net, x, targets, batch_size, output)
+    o = class_probabilities(net, explanation_image(x, maps), idx, batch_size, output)
     return y, o, idx
 
 
-def _log_confidences(net: nn.Module, x: Tensor, maps: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+def _log_confidences(
+    net: nn.Module, x: Tensor, maps: Tensor, classes: Tensor, output: Output = None
+) -> tuple[Tensor, Tensor]:
     """``(log Y, log O)`` from log-softmax, finite where the probabilities underflow to 0."""
     net = as_module(net)
     with torch.no_grad(), eval_mode(net):
-        log_y = logits_fast(net, x).log_softmax(1).gather(1, classes[:, None])[:, 0]
-        log_o = logits_fast(net, explanation_image(x, maps)).log_softmax(1).gather(1, classes[:, None])[:, 0]
+        log_y = logits_fast(net, x, output=output).log_softmax(1).gather(1, classes[:, None])[:, 0]
+        log_o = logits_fast(net, explanation_image(x, maps), output=output).log_softmax(1)
+        log_o = log_o.gather(1, classes[:, None])[:, 0]
     return log_y, log_o
 
 
 # --------------------------------------------------------------------------- average drop, increase
 
 
-def average_drop(net: nn.Module, x: Tensor, maps: Tensor, targets: Targets = None, batch_size: int = 64) -> Score:
+def average_drop(
+    net: nn.Module, x: Tensor, maps: Tensor, targets: Targets = None, batch_size: int = 64, output: Output = None
+) -> Score:
     r"""Average drop in % (Chattopadhyay et al. 2018, arXiv:1710.11063, §5.1). Lower is better.
 
     .. math:: \text{Average drop} = \frac{100}{N} \sum_{i=1}^{N} \frac{\max(0,\; Y^c_i - O^c_i)}{Y^c_i}
@@ -223,25 +254,26 @@ def average_drop(net: nn.Module, x: Tensor, maps: Tensor, targets: Targets = Non
     ``targets``: ``None`` = each image's top-1 class on ``x``, an int, or one class per
     image. ``maps``: ``(B, h, w)`` at any resolution (3-channel maps: see
     :func:`pixel_saliency`). Returns a :class:`Score`; ``per_image`` holds each
-    image's term (in %). Where :math:`Y^c_i` underflows to 0 (a class the model rules
+    image's term (in %). ``output``: picks the logits from a tuple or dict output
+    (``lambda o: o["logits"]``). Where :math:`Y^c_i` underflows to 0 (a class the model rules
     out), the term is computed from log-probabilities, :math:`1 - e^{\log O - \log Y}`,
     so it is defined. A map with a NaN or inf raises a ValueError naming the image.
 
     >>> s = average_drop(model.net, x, camlib.gradcam(model.net, x, "bn2"))  # doctest: +SKIP
     >>> s.value, s.per_image                                                 # doctest: +SKIP
     """
-    y, o, idx = _confidences(net, x, maps, targets, batch_size)
+    y, o, idx = _confidences(net, x, maps, targets, batch_size, output)
     per = 100.0 * torch.clamp(y - o, min=0) / y
     under = y == 0  # p(target) underflowed: the same ratio as 1 - O/Y = -expm1(log O - log Y)
     if under.any():
         x, maps = _check_maps(x, maps)
-        log_y, log_o = _log_confidences(net, x[under], maps[under], idx[under])
+        log_y, log_o = _log_confidences(net, x[under], maps[under], idx[under], output)
         per[under] = 100.0 * torch.clamp(-torch.expm1(log_o - log_y), min=0).to(per.dtype)
     return Score("average_drop", float(per.mean()), per)
 
 
 def increase_in_confidence(
-    net: nn.Module, x: Tensor, maps: Tensor, targets: Targets = None, batch_size: int = 64
+    net: nn.Module, x: Tensor, maps: Tensor, targets: Targets = None, batch_size: int = 64, output: Output = None
 ) -> Score:
     r"""Increase in confidence in % (Chattopadhyay et al. 2018, §5.1). Higher is better.
 
@@ -250,7 +282,7 @@ def increase_in_confidence(
     Same inputs as :func:`average_drop`; ``per_image`` is 1.0 where the explanation
     image is *more* confident than the original, else 0.0.
     """
-    y, o, _ = _confidences(net, x, maps, targets, batch_size)
+    y, o, _ = _confidences(net, x, maps, targets, batch_size, output)
     per = (o > y).float()
     return Score("increase_in_confidence", float(100.0 * per.mean()), per)
 
@@ -276,7 +308,13 @@ def gaussian_blur(x: Tensor, sigma: float = 5.0, kernel_size: int = 11) -> Tenso
 
 def _baseline(x: Tensor, baseline: str | float | Tensor) -> Tensor:
     if isinstance(baseline, Tensor):
-        return baseline.to(x.device, x.dtype).expand_as(x)
+        try:
+            return baseline.to(x.device, x.dtype).expand_as(x)
+        except RuntimeError:
+            raise ValueError(
+                f"A tensor baseline must have x's shape {tuple(x.shape)} or broadcast to it, e.g. "
+                f"{tuple(x.shape[1:])}; got {tuple(baseline.shape)}."
+            ) from None
     if isinstance(baseline, int | float):
         return torch.full_like(x, float(baseline))
     if baseline == "zeros":
@@ -307,6 +345,7 @@ def perturbation_curve(
     progress: bool = True,
     kind: str = "deletion",
     amp: bool | torch.dtype = False,
+    output: Output = None,
 ) -> Curve:
     r"""The general RISE curve: go from ``start`` to ``finish`` pixel by pixel, most salient first.
 
@@ -317,7 +356,8 @@ def perturbation_curve(
     without gradients; ``progress`` shows a tqdm bar over those batches.
     Ties in the map are broken by raster order, so the result is deterministic. ``amp=True`` runs
     those forwards in reduced precision (:func:`camlib.device.amp_dtype`, float32 probabilities; the
-    target is still chosen in float32): for many images on a GPU.
+    target is still chosen in float32): for many images on a GPU. ``output``: picks the logits from a
+    tuple or dict output (``lambda o: o["logits"]``).
     """
     x, maps = _check_maps(x, maps)
     low = amp_dtype(x.device, amp)
@@ -325,7 +365,7 @@ def perturbation_curve(
     check_batch_size(batch_size)
     if not 1 <= steps <= h * w:
         raise ValueError(f"steps must be between 1 and the number of pixels ({h * w}), got {steps}.")
-    idx, _ = _targets_and_y(net, x, targets, batch_size)
+    idx, _ = _targets_and_y(net, x, targets, batch_size, output)
     net = as_module(net)
     ranks = _ranks(maps, (h, w)).view(b, h, w)
     counts = torch.div(torch.arange(steps + 1, device=x.device) * (h * w), steps, rounding_mode="floor")
@@ -339,7 +379,7 @@ def perturbation_curve(
             img, step = pairs[lo : lo + batch_size].unbind(1)
             keep = (ranks[img] < counts[step, None, None])[:, None]
             batch = torch.where(keep, finish[img], start[img])
-            probs[img, step] = _probs(net, batch, idx[img], low).to(probs.dtype)
+            probs[img, step] = _probs(net, batch, idx[img], low, output).to(probs.dtype)
     fractions = counts.float() / (h * w)
     return Curve(kind, fractions, probs, torch.trapezoid(probs, fractions, dim=1), idx)
 
@@ -354,6 +394,7 @@ def deletion_curve(
     batch_size: int = 64,
     progress: bool = True,
     amp: bool | torch.dtype = False,
+    output: Output = None,
 ) -> Curve:
     r"""Deletion curve and its area (Petsiuk et al. 2018, RISE, arXiv:1806.07421). Lower AUC is better.
 
@@ -362,15 +403,17 @@ def deletion_curve(
     ImageNet input is the dataset's mean colour (RISE's code also uses zeros). ``"blur"``
     replaces them by a blurred copy (:func:`gaussian_blur`) instead, a number or an
     ``x``-shaped tensor by that. The area is the trapezoid rule over the fraction of
-    pixels removed, in [0, 1]. ``amp=True``: the forwards in reduced precision (see
-    :func:`perturbation_curve`).
+    pixels removed, in [0, 1]. ``amp=True``: the forwards in reduced precision; ``output``: picks the
+    logits from a tuple or dict output (see :func:`perturbation_curve`).
 
     >>> d = deletion_curve(model.net, x, maps, steps=20)   # doctest: +SKIP
     >>> d.value, d.per_image, d.probs.shape                # doctest: +SKIP
     """
     x, maps = _check_maps(x, maps)
     start, finish = x, _baseline(x, baseline)
-    return perturbation_curve(net, x, maps, start, finish, targets, steps, batch_size, progress, "deletion", amp)
+    return perturbation_curve(
+        net, x, maps, start, finish, targets, steps, batch_size, progress, "deletion", amp, output
+    )
 
 
 def insertion_curve(
@@ -383,6 +426,7 @@ def insertion_curve(
     batch_size: int = 64,
     progress: bool = True,
     amp: bool | torch.dtype = False,
+    output: Output = None,
 ) -> Curve:
     r"""Insertion curve and its area (Petsiuk et al. 2018, RISE). Higher AUC is better.
 
@@ -392,7 +436,7 @@ def insertion_curve(
     """
     x, maps = _check_maps(x, maps)
     return perturbation_curve(
-        net, x, maps, _baseline(x, baseline), x, targets, steps, batch_size, progress, "insertion", amp
+        net, x, maps, _baseline(x, baseline), x, targets, steps, batch_size, progress, "insertion", amp, output
     )
 
 

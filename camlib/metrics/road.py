@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..device import amp_dtype
-from ..hooks import as_module, cpu_twin, eval_mode, logits_fast, logits_of
-from ..targets import Targets, class_indices
+from ..hooks import as_module, cpu_twin, eval_mode, logits_fast
+from ..targets import Targets
 from ..viz import upsample
+from .faithfulness import Output, _check_maps, _targets_and_y
 
 __all__ = ["Road", "linear_imputation", "road", "road_ranks"]
 
@@ -167,6 +168,7 @@ def road(
     progress: bool = True,
     tol: float = 1e-6,
     amp: bool | torch.dtype = False,
+    output: Output = None,
 ) -> Road:
     r"""ROAD (Rong et al. 2022, arXiv:2202.00449): probability after removing pixels by noisy linear imputation.
 
@@ -178,19 +180,19 @@ def road(
     map upsampled to ``x``; ties in raster order. Imputation: :func:`linear_imputation`
     with ``noise``, ``seed`` and ``tol`` (the solver's relative residual; a looser one,
     e.g. ``1e-2``, is many times faster on a CPU). ``targets``: ``None`` = top-1 on ``x``,
-    an int, or one class per image. All (image, fraction) images are imputed then classified in
-    batches of ``batch_size`` (tqdm bar if ``progress``). Rong et al. report accuracy
-    over a data set; this is the per-image probability, as in pytorch-grad-cam's
-    ``ROADMostRelevantFirst`` (which reports its change from the original). ``amp=True`` classifies
-    the imputed images in reduced precision (:func:`camlib.device.amp_dtype`, float32
-    probabilities; the target is chosen in float32): for many images on a GPU.
+    an int, or one class per image, chosen on ``x`` in batches of ``batch_size``. All (image,
+    fraction) images are imputed then classified in batches of ``batch_size`` (tqdm bar if
+    ``progress``). Rong et al. report accuracy over a data set; this is the per-image probability,
+    as in pytorch-grad-cam's ``ROADMostRelevantFirst`` (which reports its change from the
+    original). ``amp=True`` classifies the imputed images in reduced precision
+    (:func:`camlib.device.amp_dtype`, float32 probabilities; the target is chosen in float32): for
+    many images on a GPU. ``output``: picks the logits from a tuple or dict output
+    (``lambda o: o["logits"]``), as in the map methods.
 
     >>> r = metrics.road(net, x, maps, order="morf")    # doctest: +SKIP
     >>> r.value, r.probs.shape                           # doctest: +SKIP
     """
     from tqdm.auto import tqdm
-
-    from .faithfulness import _check_maps
 
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' (most relevant first) or 'lerf' (least relevant first), got {order!r}.")
@@ -202,9 +204,9 @@ def road(
     x, maps = _check_maps(x, maps)
     low = amp_dtype(x.device, amp)
     b, _, h, w = x.shape
+    idx, _ = _targets_and_y(net, x, targets, batch_size, output)
     net = as_module(net)
     with torch.no_grad(), eval_mode(net):
-        idx = class_indices(logits_of(net(x)), targets)
         ranks = road_ranks(maps if order == "morf" else -maps, (h, w))  # 0 = removed first
         counts = (frac * h * w).round().long().to(x.device)
         pairs = torch.cartesian_prod(torch.arange(b), torch.arange(len(frac)))
@@ -214,6 +216,6 @@ def road(
             img, step = pairs[lo : lo + batch_size].to(x.device).unbind(1)
             removed = ranks[img] < counts[step, None, None]
             filled = linear_imputation(x[img], removed, noise, seed + lo, tol)  # image i: seed + pair index
-            logits = logits_fast(net, filled, low, twin=twin)
+            logits = logits_fast(net, filled, low, output, twin=twin)
             probs[img, step] = logits.softmax(1).gather(1, idx[img, None])[:, 0].to(probs.dtype)
     return Road(order, frac.float(), probs, probs.mean(1), idx)

@@ -205,11 +205,12 @@ def fuse_layers(maps: Sequence[Tensor], size: int | tuple[int, int] | None = Non
     """
     if not maps:
         raise ValueError("fuse_layers needs at least one map, e.g. [layercam(net, x, 'layer3'), ...].")
-    shapes = [tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__ for m in maps]
-    if any(not isinstance(m, Tensor) or m.dim() != 3 for m in maps) or len({m.shape[0] for m in maps}) > 1:
+    shapes = [f"{tuple(m.shape)} {m.dtype}" if isinstance(m, Tensor) else type(m).__name__ for m in maps]
+    bad = any(not isinstance(m, Tensor) or m.dim() != 3 or not m.is_floating_point() for m in maps)
+    if bad or len({m.shape[0] for m in maps}) > 1:
         raise ValueError(
-            "fuse_layers takes raw maps (B, h, w) of one batch, one per layer, as layercam returns them; "
-            f"got {shapes}. For one map (h, w) use m[None]."
+            "fuse_layers takes raw float maps (B, h, w) of one batch, one per layer, as layercam returns them; "
+            f"got [{', '.join(shapes)}]. For one map (h, w) use m[None]."
         )
     if size is None:
         size = (max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps))

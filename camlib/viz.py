@@ -57,7 +57,8 @@ def normalize(maps: Tensor, eps: float | None = None) -> Tensor:
 
 
 def to_uint8_rgb(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 array from a PIL image, an array (HWC or HW) or a tensor (CHW or ``(1, C, H, W)``, 0..1).
+    """An ``(H, W, 3)`` uint8 array from a PIL image, an array (HWC or HW) or a tensor (CHW or ``(1, C, H, W)``,
+    0..1, or 0..255 if uint8).
 
     A 3-D tensor whose first dimension cannot be channels (not 1, 3 or 4) and whose last can, such
     as ``(32, 32, 3)``, is read as HWC.
@@ -75,10 +76,10 @@ def to_uint8_rgb(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:
 
         return np.asarray(to_rgb(image))
     if isinstance(image, Tensor):
-        t = image.detach().float().cpu()
+        t = image.detach().cpu()
         t = t[0] if t.dim() == 4 else t
         hwc = t.dim() != 3 or (t.shape[0] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4))
-        t = (t.clamp(0, 1) * 255).round().byte()
+        t = t if t.dtype == torch.uint8 else (t.float().clamp(0, 1) * 255).round().byte()  # uint8: 0..255 as is
         image = (t if hwc else t.permute(1, 2, 0)).numpy()
     arr = np.asarray(image)
     if arr.dtype != np.uint8:

@@ -340,8 +340,12 @@ def test_view_helpers_and_the_fusion_refuse_what_is_not_a_map() -> None:
         camlib.normalize(m[0].flatten())
     with pytest.raises(ValueError, match="show_maps needs at least one map"):
         camlib.show_maps(Image.new("RGB", (32, 32)), [])
-    for bad, got in (([m, m[0]], r"\[\(2, 7, 7\), \(7, 7\)\]"), ([m, torch.rand(3, 14, 14)], r"\(3, 14, 14\)")):
-        with pytest.raises(ValueError, match=rf"fuse_layers takes raw maps \(B, h, w\) of one batch.*{got}"):
+    for bad, got in (
+        ([m, m[0]], r"\[\(2, 7, 7\) torch.float32, \(7, 7\) torch.float32\]"),
+        ([m, torch.rand(3, 14, 14)], r"\(3, 14, 14\)"),
+        ([(m * 10).long()], r"\(2, 7, 7\) torch.int64"),  # before: torch.finfo's TypeError
+    ):
+        with pytest.raises(ValueError, match=rf"fuse_layers takes raw float maps \(B, h, w\) of one batch.*{got}"):
             camlib.family.fuse_layers(bad)
     assert camlib.family.fuse_layers([m, torch.rand(2, 14, 14)]).shape == (2, 14, 14)
 

@@ -167,3 +167,11 @@ def test_to_uint8_rgb_inputs() -> None:
     np.testing.assert_array_equal(to_uint8_rgb(chw[None]), rgb)
     np.testing.assert_array_equal(to_uint8_rgb(rgb[..., 0]), np.repeat(rgb[..., :1], 3, axis=2))
     np.testing.assert_array_equal(to_uint8_rgb(np.full((2, 2, 3), 0.5)), np.full((2, 2, 3), 128))
+
+
+def test_a_uint8_tensor_image_is_read_as_0_to_255() -> None:
+    """Before: clamped to 0..1 as if it were float, so every pixel above 0 came out white."""
+    rgb = torch.arange(48, dtype=torch.uint8).reshape(3, 4, 4) * 5
+    expected = rgb.permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(camlib.viz.to_uint8_rgb(rgb), expected)
+    np.testing.assert_array_equal(camlib.viz.to_uint8_rgb(rgb.float() / 255), expected)

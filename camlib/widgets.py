@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import io
 import math
-import operator
 import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
@@ -41,6 +40,7 @@ from .data import load_image
 from .family import hirescam_map, layercam_map, xgradcam_weights
 from .hooks import LayerError, eval_mode, forward_with_grad_at, layer_names, resolve_layer
 from .methods import cam, gradcam_pp_weights, gradcam_weights, pooled_features, weighted_map
+from .targets import is_single
 
 __all__ = ["METHODS", "Explorer", "default_layers", "encode"]
 
@@ -468,12 +468,9 @@ def _class_index(target: Any) -> int | None:
     """``target`` as a plain int (a numpy or 0-d tensor integer too), or ``None``; anything else is a TypeError."""
     if target is None:
         return None
-    try:
-        if isinstance(target, bool):
-            raise TypeError
-        return operator.index(target)
-    except TypeError:
-        raise TypeError(f"target must be a class index (an int) or None (the top-1 class), got {target!r}.") from None
+    if not is_single(target):
+        raise TypeError(f"target must be a class index (an int) or None (the top-1 class), got {target!r}.")
+    return int(target)
 
 
 def _check_choice(what: str, value: str | None, options: Sequence[str]) -> None:

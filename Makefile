@@ -98,6 +98,7 @@ execute: $(VENV)/.test
 	$(BIN)/python tools/strip_widget_state.py notebooks/[0-9]*.ipynb
 
 bench: $(VENV)/.test
+	$(BIN)/python benchmarks/bench_speed.py --repeat 9
 	$(BIN)/python benchmarks/bench_methods.py
 	$(BIN)/python benchmarks/bench_widgets.py
 

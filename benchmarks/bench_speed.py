@@ -17,7 +17,13 @@ in milliseconds (median of ``--repeat`` interleaved rounds, after warm-up):
 
 Ratios are to the fp32 forward. On the CPU the CPU time of the process (``time.process_time``) is
 printed beside the wall time: on a shared machine it does not count the time another tenant held
-the core (``--threads 1`` makes it the plainest measure of the work). On CUDA the peak memory of
+the core (``--threads 1`` makes it the plainest measure of the work). So are the minor page faults
+per call: the yardstick depends on them. An eager forward allocates every activation afresh; when
+the C allocator has just handed its memory back to the system, each call faults in about 270 MB of
+zeroed pages (ResNet-50, batch 8) and runs 25-35 % slower than when the memory is still there (on
+2026-11-28: 820-880 ms with 58 000-69 000 faults, 640-660 ms with none). A big allocation by
+another call in the rotation (pytorch-grad-cam's) keeps the memory there, so in this script's
+default rotation the forward runs at its fastest and the ratios are the conservative ones. On CUDA the peak memory of
 each call over the model and input (``torch.cuda.max_memory_allocated``) is printed too; CPU memory
 is in ``bench_methods.py``.
 
@@ -45,6 +51,16 @@ from _mem_probe import make_call, release  # noqa: E402
 
 import camlib  # noqa: E402
 from camlib.device import full_fp32  # noqa: E402
+
+try:
+    import resource
+except ImportError:  # Windows: no page-fault counts
+    resource = None
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the OS does not say)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
 def model(name: str, device: torch.device) -> tuple[torch.nn.Module, str]:
@@ -91,7 +107,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_and_memory(fns: dict[str, Callable], x: torch.Tensor, repeat: int) -> tuple[dict, dict, dict]:
+def time_and_memory(fns: dict[str, Callable], x: torch.Tensor, repeat: int) -> tuple[dict, dict, dict, dict]:
     device = x.device
     for fn in fns.values():  # warm-up (cuDNN autotuning, allocator)
         fn(x)
@@ -99,15 +115,17 @@ def time_and_memory(fns: dict[str, Callable], x: torch.Tensor, repeat: int) -> t
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
+    faults: dict[str, list[int]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(repeat):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, f0 = time.perf_counter(), time.process_time(), minor_faults()
             fns[name](x)
             sync(device)
             times[name].append(1000 * (time.perf_counter() - t0))
             cpu[name].append(1000 * (time.process_time() - c0))
+            faults[name].append(minor_faults() - f0)
     mem: dict[str, float] = {}
     if device.type == "cuda":
         for name, fn in fns.items():
@@ -118,7 +136,8 @@ def time_and_memory(fns: dict[str, Callable], x: torch.Tensor, repeat: int) -> t
             sync(device)
             mem[name] = (torch.cuda.max_memory_allocated() - base) / 2**30
     median = {k: statistics.median(v) for k, v in times.items()}
-    return median, mem, {k: statistics.median(v) for k, v in cpu.items()}
+    cpu_median = {k: statistics.median(v) for k, v in cpu.items()}
+    return median, mem, cpu_median, {k: statistics.median(v) for k, v in faults.items()}
 
 
 def accuracy(device: torch.device) -> None:
@@ -166,12 +185,13 @@ def main() -> None:
         targets = [(37 * i) % 1000 for i in range(int(batch))]
         torch.manual_seed(1)
         x = torch.randn(int(batch), 3, 224, 224, device=device)
-        ms, mem, cpu = time_and_memory(calls(net, layer, targets, device), x, args.repeat)
+        ms, mem, cpu, faults = time_and_memory(calls(net, layer, targets, device), x, args.repeat)
         base = ms["fp32 forward"]
         if device.type == "cpu":
             cpu_base = cpu["fp32 forward"]
             cells = [
-                f"{k} {v:.1f} ms ({v / base:.2f}x); CPU time {cpu[k]:.0f} ms ({cpu[k] / cpu_base:.2f}x)"
+                f"{k} {v:.1f} ms ({v / base:.2f}x); CPU time {cpu[k]:.0f} ms ({cpu[k] / cpu_base:.2f}x); "
+                f"{faults[k]:.0f} page faults"
                 for k, v in ms.items()
             ]
         else:

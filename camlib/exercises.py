@@ -13,16 +13,16 @@ The course's exercise convention (``docs/instructors/exercises.md``; the student
 
 >>> check("Exercise 1", None, lambda v: v == 4, hint="2 + 2")
 Exercise 1: not done yet. Hint: 2 + 2
-False
 >>> check("Exercise 1", 5, lambda v: v == 4, hint="2 + 2")
 Exercise 1: not right yet. Hint: 2 + 2
-False
 >>> def test(v):
 ...     assert v == 4, "add the two numbers"
 ...     return f"{v} it is"
 >>> check("Exercise 1", 4, test)
 Exercise 1: correct (4 it is)
-True
+
+It returns nothing: the printed line is the verdict (a notebook's check cell then shows that line
+alone, not a stray ``True``/``False`` under it).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def unsolved(answer: Any) -> bool:
     return isinstance(answer, tuple) and len(answer) > 0 and all(a is None or a is Ellipsis for a in answer)
 
 
-def check(name: str, answer: Any, test: Callable[[Any], Any], hint: str = "") -> bool:
-    """Run ``test(answer)`` and print one line about it; return whether the answer is right. Never raises.
+def check(name: str, answer: Any, test: Callable[[Any], Any], hint: str = "") -> None:
+    """Run ``test(answer)`` and print one line about it. Never raises; returns nothing.
 
     - ``answer`` still a placeholder (:func:`unsolved`): "*name*: not done yet", with the hint.
     - ``test`` raises ``AssertionError``: "not right yet" with the assertion's message and the hint.
@@ -52,19 +52,18 @@ def check(name: str, answer: Any, test: Callable[[Any], Any], hint: str = "") ->
     tail = f" Hint: {hint}" if hint else ""
     if unsolved(answer):
         print(f"{name}: not done yet.{tail}")
-        return False
+        return
     try:
         result = test(answer)
     except AssertionError as err:
         first = str(err).strip().split("\n")[0].rstrip(".")  # the message, without pytest's rewritten comparison
         why = f": {first}." if first else "."
         print(f"{name}: not right yet{why}{tail}")
-        return False
+        return
     except Exception as err:  # a wrong type, shape or device in the answer: explain, don't crash
         print(f"{name}: your answer raised {type(err).__name__}: {str(err).rstrip('.')}.{tail}")
-        return False
+        return
     if result is False:
         print(f"{name}: not right yet.{tail}")
-        return False
+        return
     print(f"{name}: correct ({result})" if isinstance(result, str) and result else f"{name}: correct")
-    return True

@@ -122,8 +122,13 @@ def show_maps(
     alpha: float = 0.5,
     cmap: str = "jet",
     size: float = 3.0,
+    columns: int | None = None,
 ):
-    """Show the image and one overlay per map in a row; returns the matplotlib figure."""
+    """Show the image and one overlay per map, ``columns`` panels a row (default: all in one row); returns the figure.
+
+    A map with one value everywhere would be min–max normalised to a uniform colour that looks like
+    a map (all "low"): its panel shows the image alone, its title ends in "(all zero)" or "(constant)".
+    """
     import matplotlib.pyplot as plt
 
     maps = [maps] if isinstance(maps, Tensor) and maps.dim() == 2 else list(maps)
@@ -131,14 +136,32 @@ def show_maps(
         raise ValueError("show_maps needs at least one map (h, w) to show beside the image.")
     if titles is not None and len(titles) != len(maps):
         raise ValueError(f"Got {len(titles)} titles for {len(maps)} maps.")
-    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(size * (len(maps) + 1), size))
-    axes[0].imshow(to_uint8_rgb(image))
+    if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
+        raise ValueError(f"columns={columns!r}: give the number of panels per row, a positive int (or None: one row).")
+    panels = len(maps) + 1
+    cols = panels if columns is None else min(columns, panels)
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    axes = axes.ravel()
+    picture = to_uint8_rgb(image)
+    axes[0].imshow(picture)
     axes[0].set_title("input")
     for i, m in enumerate(maps):
-        axes[i + 1].imshow(overlay(image, m, alpha=alpha, cmap=cmap))
-        if titles is not None:
-            axes[i + 1].set_title(titles[i])
+        flat = _flat(m)
+        axes[i + 1].imshow(picture if flat else overlay(image, m, alpha=alpha, cmap=cmap))
+        title = "" if titles is None else titles[i]
+        if flat:
+            title = f"{title} ({flat})" if title else flat
+        axes[i + 1].set_title(title)
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def _flat(m: Tensor | np.ndarray) -> str:
+    """``"all zero"`` or ``"constant"`` for a map with one value everywhere, else ``""``."""
+    m = torch.as_tensor(m)
+    if m.numel() == 0 or not bool(m.max() == m.min()):
+        return ""
+    return "all zero" if bool(m.max() == 0) else "constant"

@@ -113,17 +113,17 @@ def test_check_is_polite(capsys: pytest.CaptureFixture[str]) -> None:
         assert v == [1, 2], "two numbers"
         return "well done"
 
-    assert check("Ex 1", None, exact, hint="a list") is False
-    assert check("Ex 1", (None, None), exact) is False
-    assert check("Ex 1", [2, 1], exact, hint="a list") is False
-    assert check("Ex 1", 3, lambda v: len(v) == 2) is False  # TypeError inside the test: reported, not raised
-    assert check("Ex 1", [1, 2], exact) is True
-    assert check("Ex 1", 0, lambda v: v == 0) is True  # 0 is an answer, not a placeholder
+    assert check("Ex 1", None, exact, hint="a list") is None
+    assert check("Ex 1", (None, None), exact) is None
+    assert check("Ex 1", [2, 1], exact, hint="a list") is None
+    assert check("Ex 1", 3, lambda v: len(v) == 2) is None  # TypeError inside the test: reported, not raised
+    assert check("Ex 1", [1, 2], exact) is None
+    assert check("Ex 1", 0, lambda v: v == 0) is None  # 0 is an answer, not a placeholder
 
     def ends_a_sentence(v: object) -> None:
         raise ValueError("a message that ends in a full stop.")
 
-    assert check("Ex 2", 1, ends_a_sentence) is False  # one full stop, not two
+    assert check("Ex 2", 1, ends_a_sentence) is None  # one full stop, not two
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "Ex 1: not done yet. Hint: a list",

@@ -175,3 +175,37 @@ def test_a_uint8_tensor_image_is_read_as_0_to_255() -> None:
     expected = rgb.permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(camlib.viz.to_uint8_rgb(rgb), expected)
     np.testing.assert_array_equal(camlib.viz.to_uint8_rgb(rgb.float() / 255), expected)
+
+
+def test_show_maps_in_rows_of_columns() -> None:
+    img = camlib.load_image("coffee")
+    fig = camlib.show_maps(img, torch.randn(5, 7, 7), titles=list("abcde"), columns=4)
+    try:
+        assert len(fig.axes) == 8  # 2 rows of 4: the input, 5 maps, 2 empty panels
+        assert [ax.get_title() for ax in fig.axes][:6] == ["input", *"abcde"]
+        rows = [ax.get_subplotspec().rowspan.start for ax in fig.axes]
+        assert rows == [0, 0, 0, 0, 1, 1, 1, 1]
+    finally:
+        plt.close(fig)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="columns"):
+            camlib.show_maps(img, torch.randn(2, 7, 7), columns=bad)
+
+
+def test_show_maps_labels_a_map_with_one_value() -> None:
+    """A uniform overlay would look like a map: the panel shows the plain image and says why."""
+    img = camlib.load_image("coffee")
+    maps = [torch.zeros(7, 7), torch.full((7, 7), 0.3), torch.randn(7, 7)]
+    fig = camlib.show_maps(img, maps, titles=["zero", "flat", "map"])
+    try:
+        assert [ax.get_title() for ax in fig.axes] == ["input", "zero (all zero)", "flat (constant)", "map"]
+        plain = np.asarray(camlib.viz.to_uint8_rgb(img))
+        assert np.array_equal(fig.axes[1].images[0].get_array(), plain)
+        assert not np.array_equal(fig.axes[3].images[0].get_array(), plain)
+    finally:
+        plt.close(fig)
+    fig = camlib.show_maps(img, torch.zeros(7, 7))  # no titles: the label alone
+    try:
+        assert fig.axes[1].get_title() == "all zero"
+    finally:
+        plt.close(fig)

@@ -47,13 +47,20 @@ def normalize(maps: Tensor, eps: float | None = None) -> Tensor:
         raise ValueError(f"normalize takes maps (h, w) or (B, h, w), got {got}.")
     flat = maps.flatten(-2)
     flat = flat if flat.is_floating_point() else flat.float()
+    lo, hi, constant = _range(flat, eps)
+    span = hi - lo
+    out = (flat - lo) / torch.where(constant, torch.ones_like(span), span)
+    return torch.where(constant, torch.zeros_like(out), out).view(maps.shape)
+
+
+def _range(flat: Tensor, eps: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's minimum and maximum of ``flat`` ``(..., n)`` (float), and whether :func:`normalize` counts it as
+    constant: a range of at most ``eps`` (default 16 ulp of the dtype) times the largest magnitude."""
     lo = flat.min(dim=-1, keepdim=True).values
     hi = flat.max(dim=-1, keepdim=True).values
     rel = 16 * torch.finfo(flat.dtype).eps if eps is None else eps
     span = hi - lo
-    constant = (span <= rel * torch.maximum(hi.abs(), lo.abs())) & span.isfinite()
-    out = (flat - lo) / torch.where(constant, torch.ones_like(span), span)
-    return torch.where(constant, torch.zeros_like(out), out).view(maps.shape)
+    return lo, hi, (span <= rel * torch.maximum(hi.abs(), lo.abs())) & span.isfinite()
 
 
 def to_uint8_rgb(image: Image.Image | np.ndarray | Tensor) -> np.ndarray:
@@ -160,8 +167,12 @@ def show_maps(
 
 
 def _flat(m: Tensor | np.ndarray) -> str:
-    """``"all zero"`` or ``"constant"`` for a map with one value everywhere, else ``""``."""
-    m = torch.as_tensor(m)
-    if m.numel() == 0 or not bool(m.max() == m.min()):
+    """``"all zero"`` or ``"constant"`` for a map that :func:`normalize` (and so :func:`overlay`) turns into
+    zeros everywhere, else ``""``."""
+    flat = torch.as_tensor(m).detach().flatten().float()
+    if flat.numel() == 0:
         return ""
-    return "all zero" if bool(m.max() == 0) else "constant"
+    lo, hi, constant = _range(flat)
+    if not bool(constant):
+        return ""
+    return "all zero" if bool(lo == 0) and bool(hi == 0) else "constant"

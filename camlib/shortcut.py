@@ -9,8 +9,9 @@ mark instead of the shape: it is right on a biased test set, wrong as soon as th
 :func:`mass_shares` says where a saliency map's mass goes: the share of its positive mass,
 upsampled to the image, on the mark and on the shape,
 
-.. math:: s_{\text{mark}} = \frac{\sum_{p \in \text{mark}} \mathrm{ReLU}(M)_p}{\sum_p \mathrm{ReLU}(M)_p},
-          \qquad s_{\text{shape}} = \frac{\sum_{p \in \text{shape}} \mathrm{ReLU}(M)_p}{\sum_p \mathrm{ReLU}(M)_p}
+.. math:: s_{\text{mark}} = \frac{\sum_{p \in \text{mark}} P_p}{\sum_p P_p},
+          \qquad s_{\text{shape}} = \frac{\sum_{p \in \text{shape}} P_p}{\sum_p P_p},
+          \qquad P = \mathrm{upsample}(\mathrm{ReLU}(M))
 
 (the energy-based pointing game of Wang et al. 2020, arXiv:1910.01279, on two regions).
 
@@ -123,14 +124,16 @@ def mark_zone(mark_masks: Tensor, margin: int = 4) -> Tensor:
 def mass_shares(maps: Tensor, *regions: Tensor) -> list[Tensor]:
     """The share of each map's positive mass inside each region, one ``(B,)`` tensor per region.
 
-    ``maps`` ``(B, h, w)`` are raw maps at any resolution: they are upsampled (bilinear) to the
-    regions' ``(H, W)``, ReLU'd, and each region's sum is divided by the whole sum. A map with no
-    positive mass gets share 0 everywhere (not NaN). Regions are bool ``(B, H, W)`` masks.
+    ``maps`` ``(B, h, w)`` are raw maps at any resolution: they are ReLU'd at their own resolution,
+    upsampled (bilinear) to the regions' ``(H, W)``, and each region's sum is divided by the whole
+    sum: :func:`camlib.metrics.energy_pointing_game` for each region, so a CAM and its Grad-CAM,
+    ReLU(CAM)/Z, get the same shares. A map with no positive mass gets share 0 everywhere (not
+    NaN). Regions are bool ``(B, H, W)`` masks.
     """
     if not regions:
         raise ValueError("Give at least one region mask.")
     hw = regions[0].shape[-2:]
-    pos = torch.relu(upsample(maps, hw)).flatten(1)
+    pos = upsample(torch.relu(maps), hw).flatten(1)
     total = pos.sum(1)
     safe = torch.where(total > 0, total, torch.ones_like(total))
     shares = []

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from camlib import shortcut, synthetic
+from camlib.metrics import energy_pointing_game
 
 
 def test_marks_are_painted_where_and_as_said() -> None:
@@ -46,9 +47,13 @@ def test_mass_shares_against_a_hand_computation() -> None:
     regions = torch.rand(4, 64, 64, generator=g) < 0.3
     (share,) = shortcut.mass_shares(maps, regions)
     for i in range(4):
-        up = torch.nn.functional.interpolate(maps[i][None, None], size=64, mode="bilinear", align_corners=False)[0, 0]
-        pos = up.clamp(min=0)
+        pos = torch.nn.functional.interpolate(  # ReLU at the map's resolution, then bilinear to the image's
+            maps[i].clamp(min=0)[None, None], size=64, mode="bilinear", align_corners=False
+        )[0, 0]
         torch.testing.assert_close(share[i], pos[regions[i]].sum() / pos.sum())
+    # the energy-based pointing game, region by region; and a CAM and its ReLU get the same shares
+    torch.testing.assert_close(share, energy_pointing_game(maps, regions))
+    torch.testing.assert_close(shortcut.mass_shares(torch.relu(maps) / 7, regions)[0], share)
     zero, _ = shortcut.mass_shares(torch.zeros(2, 16, 16) - 1, regions[:2], regions[:2])
     assert torch.equal(zero, torch.zeros(2))  # no positive mass: 0, not NaN
 

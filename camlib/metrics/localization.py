@@ -2,7 +2,8 @@
 
 All functions take raw maps ``(B, h, w)`` at any resolution (e.g. a 16 × 16 CAM) and
 boolean masks ``(B, H, W)``; the maps are first upsampled bilinearly to the masks'
-size with :func:`camlib.upsample`, then compared. They return one value per image,
+size with :func:`camlib.upsample` (:func:`energy_pointing_game` clips them at 0 before that),
+then compared. They return one value per image,
 so ``.float().mean()`` gives the score over a data set. Everything runs batched on
 the maps' device.
 

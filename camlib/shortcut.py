@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .metrics.localization import energy_pointing_game
 from .synthetic import CLASSES, shapes
-from .viz import upsample
 
 __all__ = [
     "MARK_COLORS",
@@ -133,18 +133,12 @@ def mass_shares(maps: Tensor, *regions: Tensor) -> list[Tensor]:
     if not regions:
         raise ValueError("Give at least one region mask.")
     hw = regions[0].shape[-2:]
-    pos = upsample(torch.relu(maps), hw).flatten(1)
-    total = pos.sum(1)
-    safe = torch.where(total > 0, total, torch.ones_like(total))
-    shares = []
     for region in regions:
         if region.shape[-2:] != hw or region.shape[0] != maps.shape[0]:
             raise ValueError(
                 f"Region of shape {tuple(region.shape)} does not match {maps.shape[0]} maps of {tuple(hw)}."
             )
-        inside = (pos * region.to(pos.device).flatten(1)).sum(1)
-        shares.append(torch.where(total > 0, inside / safe, torch.zeros_like(inside)))
-    return shares
+    return [energy_pointing_game(maps, region.to(maps.device)) for region in regions]
 
 
 # The two training recipes of notebook 12. The biased net learns its shortcut quickly; the fixed net

@@ -13,6 +13,14 @@ twice: as it is, where the part of the model before the layer runs once per imag
 (:mod:`camlib.split`), and with that cut switched off, where it runs once per chunk on one image
 (the 32 ablated copies go in at the layer). Prints the times, the speed-ups and the largest
 difference of the shown maps (min-max normalised at the input size).
+
+    .venv/bin/python benchmarks/bench_ablation.py --amp                  # why Ablation-CAM has no amp=
+
+``--amp`` times nothing: it asks whether Ablation-CAM would survive the reduced precision that
+Score-CAM's ``amp=True`` uses for its many forwards. On EfficientNet-Lite0 and the sample photos it
+runs each method's forwards under bf16 autocast (on the device: CUDA or the CPU) and prints, per
+layer, the largest difference of the raw maps from float32's as a share of float32's largest value,
+and the Spearman correlation of the ablation weights with float32's.
 """
 
 from __future__ import annotations
@@ -44,7 +52,10 @@ def main() -> None:
     ap.add_argument("--layer", default=None, help="default: layer4 (resnet50), bn2 (lite0)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--amp", action="store_true", help="only the bf16 accuracy check, see the docstring")
     args = ap.parse_args()
+    if args.amp:
+        return reduced_precision()
     from pytorch_grad_cam import AblationCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -110,6 +121,41 @@ def main() -> None:
         f"  max |difference| of the shown maps: against pytorch-grad-cam {vs_theirs:.1e}, "
         f"cut against no cut {vs_uncut:.1e}"
     )
+
+
+def reduced_precision() -> None:
+    """Ablation-CAM and Score-CAM with their forwards under bf16 autocast against float32 (``--amp``)."""
+    from camlib.metrics import spearman
+
+    device = camlib.get_device()
+    loaded = camlib.load_model("efficientnet_lite0", device)
+    net, names = loaded.net, camlib.sample_names()
+    x = torch.cat([loaded.preprocess(camlib.load_image(n)) for n in names])
+    print(
+        f"EfficientNet-Lite0 (real weights), {len(names)} sample photos, {device}, bf16 autocast, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
+    print("  max |reduced - float32| / max |float32| of each photo's raw map; the worst photo, and the median")
+
+    def spread(low: torch.Tensor, ref: torch.Tensor) -> str:
+        d = (low.float() - ref).abs().amax((1, 2)) / ref.abs().amax((1, 2))
+        return f"{d.max():.1%} (median {d.median():.1%})"
+
+    for layer in ("bn2", "blocks.5"):
+        with camlib.capture(net, layer) as cap, torch.no_grad():
+            net(x)
+        acts = cap.activation
+        w32 = family.ablationcam_weights(net, x, layer, acts, progress=False)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            w16 = family.ablationcam_weights(net, x, layer, acts, progress=False).float()
+        rho = min(float(spearman(w16[i : i + 1], w32[i : i + 1])) for i in range(len(x)))
+        abl = spread(camlib.methods.weighted_map(w16, acts), camlib.methods.weighted_map(w32, acts))
+        s32 = family.scorecam(net, x, layer, progress=False)
+        s16 = family.scorecam(net, x, layer, progress=False, amp=torch.bfloat16)
+        print(
+            f"  {layer:9s} Ablation-CAM {abl}, weights' Spearman with float32 >= {rho:.3f}; "
+            f"Score-CAM amp {spread(s16, s32)}"
+        )
 
 
 if __name__ == "__main__":

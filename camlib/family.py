@@ -25,6 +25,7 @@ functions (``camlib.hirescam(net, x, layer, targets=None)`` and so on) return ra
 ``targets`` as in :mod:`camlib.methods`; a batch of one image with K classes gives K maps.
 ``amp=True`` (HiResCAM, XGrad-CAM, LayerCAM, Score-CAM) runs the forwards in reduced precision and
 the map's arithmetic in float32, as :func:`camlib.gradcam` does: for big batches on a GPU.
+Ablation-CAM has none: its weights are differences of nearly equal logits (see :func:`ablationcam`).
 """
 
 from __future__ import annotations
@@ -560,6 +561,12 @@ def ablationcam(
     a channel matters as much as the score drops without it. No gradients; one
     forward of the net after the layer per channel (:func:`ablationcam_weights`).
     Note the division by :math:`y^c` (the paper's): a negative logit flips the signs.
+
+    There is no ``amp``, unlike Score-CAM: each weight is a small difference of two nearly equal
+    logits, which bfloat16's 8-bit mantissa does not resolve. With its forwards under bf16 autocast
+    the maps moved by up to 26 % of their maximum at ``bn2`` (Score-CAM's ``amp=True``: 0.9 %) on the
+    sample photos, and the weights' rank correlation with float32's fell to 0.52
+    (``benchmarks/bench_ablation.py --amp``, CPU, 2026-11-28).
     """
     check_batch(x)
     _check_batch_size(batch_size)

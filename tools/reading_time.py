@@ -43,7 +43,7 @@ UNKNOWN_RUN_S = 60
 # "Run All" seconds, measured with tools/time_notebooks.py on the 2-core build machine (README, "Run times
 # on a CPU"): 2026-11-27, the fourteen notebooks one after another, load average 0.8-1.5; 07, 08, 09 and 12
 # again after their widget cells were added (load 1.1-1.6); 08, 09, 11 and 12 on 2026-11-28 after their by-hand
-# checks were added (load 1.2-1.4).
+# checks were added (load 1.2-1.4); 01 after its widget and check cell were added (load 0.7-1.0).
 RUN_TIMES_S = {
     "00": 9, "01": 11, "02": 12, "03": 11, "04": 13, "05": 12, "06": 10, "07": 12, "08": 24,
     "09": 26, "10": 15, "11": 17, "12": 9, "13": 17,

@@ -133,6 +133,8 @@ def show_maps(
 ):
     """Show the image and one overlay per map, ``columns`` panels a row (default: all in one row); returns the figure.
 
+    Each panel has the image's proportions, its longer side ``size`` inches (no empty band between rows).
+
     A map with one value everywhere would be min–max normalised to a uniform colour that looks like
     a map (all "low"): its panel shows the image alone, its title ends in "(all zero)" or "(constant)".
     """
@@ -148,9 +150,11 @@ def show_maps(
     panels = len(maps) + 1
     cols = panels if columns is None else min(columns, panels)
     rows = -(-panels // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
-    axes = axes.ravel()
     picture = to_uint8_rgb(image)
+    aspect = picture.shape[0] / picture.shape[1]  # height / width
+    width, height = size * min(1.0, 1 / aspect), size * min(1.0, aspect) + 0.35  # + a title's line
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    axes = axes.ravel()
     axes[0].imshow(picture)
     axes[0].set_title("input")
     for i, m in enumerate(maps):

@@ -192,6 +192,23 @@ def test_show_maps_in_rows_of_columns() -> None:
             camlib.show_maps(img, torch.randn(2, 7, 7), columns=bad)
 
 
+@pytest.mark.parametrize(("width", "height"), [(448, 224), (200, 400)])
+def test_show_maps_panels_follow_the_image_shape(width: int, height: int) -> None:
+    """A wide image's rows (a tall image's columns) sit close together, not in square panels with empty bands."""
+    img = Image.new("RGB", (width, height), (120, 90, 60))
+    fig = camlib.show_maps(img, torch.rand(5, 7, 14), titles=list("abcde"), size=2.4, columns=3)
+    try:
+        fig.canvas.draw()
+        box = [ax.get_window_extent() for ax in fig.axes]  # the drawn images, in pixels (y up)
+        row_gap = (box[0].y0 - box[3].y1) / fig.dpi  # below the first row's image, above the second's
+        col_gap = (box[1].x0 - box[0].x1) / fig.dpi
+        assert 0 < row_gap < 0.75, f"{row_gap:.2f} in between rows"
+        assert 0 < col_gap < 0.75, f"{col_gap:.2f} in between columns"
+        assert max(max(b.width, b.height) for b in box) / fig.dpi <= 2.4 + 1e-6  # the longer side is size
+    finally:
+        plt.close(fig)
+
+
 def test_show_maps_labels_a_map_with_one_value() -> None:
     """A uniform overlay would look like a map: the panel shows the plain image and says why."""
     img = camlib.load_image("coffee")

@@ -356,3 +356,27 @@ def test_a_stalled_run_is_retried_once_in_a_fresh_kernel(monkeypatch: pytest.Mon
     with pytest.warns(UserWarning), pytest.raises(CellTimeoutError):
         _execute({}, ROOT)
     assert len(tries) == 2
+
+
+def test_solution_cells_keep_a_learners_own_answer() -> None:
+    """In the course's own notebook a hidden solution cell runs right after the learner's stub ("Run all").
+    It must fill the answer only while the stub is unsolved (``if answer is None:``); otherwise the check
+    after it would say "correct" for any answer the learner wrote."""
+    guarded = 0
+    for path in NOTEBOOKS:
+        cells = json.loads(path.read_text())["cells"]
+        for i, cell in enumerate(cells):
+            if cell["cell_type"] != "code" or not se.SOLUTION_MARK.match("".join(cell["source"])):
+                continue
+            stub = "".join(cells[i - 1]["source"])
+            names = re.match(r"\s*([\w, ]+?)\s*=\s*None\b", stub)
+            assert names, (
+                f"{path.name} cell {i}: a solution cell must follow its stub (`name = None  # your code here`)"
+            )
+            body = "".join(cell["source"]).splitlines()[1]
+            for name in names.group(1).replace(" ", "").split(","):
+                assert re.match(rf"if {name} is None\b", body), (
+                    f"{path.name} cell {i}: guard it with `if {name} is None:`"
+                )
+            guarded += 1
+    assert guarded >= 5  # 12 and 13
